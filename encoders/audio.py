@@ -1,0 +1,113 @@
+"""Audio encoder: log-mel frames from torchaudio, then a bidirectional RNN over them.
+
+Input batch (from ``mmctx.data.collate``): ``{"waveform": (b, s) float, "lengths": (b,)
+long, "sample_rate": int}``; a sample without audio has length 0.
+Output: ``(b, n, out_dim)``, one position per ``subsample`` mel frames.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torchaudio
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from mmctx.features import FeatureSequence
+
+from .base import ModalityEncoder
+
+
+class AudioRNNEncoder(ModalityEncoder):
+    """Log-mel spectrogram, per-utterance normalisation, frame stacking, bidirectional GRU/LSTM.
+
+    Features are computed inside the module, so they run batched on whatever device the
+    model is on (the GPU when there is one).
+
+    Args:
+        sample_rate: Rate of the incoming waveforms (must match the data's ``sample_rate``).
+        n_mels: Mel bins per frame.
+        hop_ms: Frame hop in milliseconds.
+        win_ms: Analysis window in milliseconds.
+        subsample: Adjacent frames stacked into one RNN step (shortens the sequence).
+        hidden_dim: RNN width per direction; ``out_dim == 2 * hidden_dim``.
+        num_layers: Stacked RNN layers.
+        rnn: ``"gru"`` or ``"lstm"``.
+        dropout: Dropout between RNN layers.
+    """
+
+    modality = "audio"
+
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        n_mels: int = 64,
+        hop_ms: float = 10.0,
+        win_ms: float = 25.0,
+        subsample: int = 2,
+        hidden_dim: int = 128,
+        num_layers: int = 2,
+        rnn: str = "gru",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if rnn not in ("gru", "lstm"):
+            raise ValueError(f"rnn must be 'gru' or 'lstm', got {rnn!r}")
+        if hidden_dim <= 0 or subsample <= 0:
+            raise ValueError(f"hidden_dim and subsample must be > 0, got {hidden_dim}, {subsample}")
+        self.sample_rate = sample_rate
+        self.hop = max(1, round(sample_rate * hop_ms / 1000))
+        win = max(2, round(sample_rate * win_ms / 1000))
+        self.half_window = win // 2
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate, n_fft=win, hop_length=self.hop, n_mels=n_mels
+        )
+        self.subsample = subsample
+        rnn_cls = nn.GRU if rnn == "gru" else nn.LSTM
+        self.rnn = rnn_cls(
+            n_mels * subsample,
+            hidden_dim,
+            num_layers,
+            batch_first=True,
+            bidirectional=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.out_dim = 2 * hidden_dim
+
+    def log_mel(self, waveform: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalised log-mel frames.
+
+        Returns:
+            ``(frames, valid)``: ``(b, t, n_mels)`` features, ``(b,)`` valid frame counts.
+        """
+        with torch.autocast(waveform.device.type, enabled=False):
+            mel = self.mel(waveform.float()).clamp_min(1e-10).log().transpose(1, 2)  # (b, t, m)
+        # a frame counts when its window lies inside the signal, so padding never changes it
+        inside = (lengths - self.half_window).clamp_min(0) // self.hop + 1
+        valid = torch.where(lengths > 0, inside, 0).clamp(max=mel.shape[1])
+        keep = (torch.arange(mel.shape[1], device=mel.device)[None] < valid[:, None])[..., None]
+        count = valid.clamp_min(1)[:, None, None]
+        mean = (mel * keep).sum(1, keepdim=True) / count
+        std = (((mel - mean) * keep) ** 2).sum(1, keepdim=True).div(count).sqrt()
+        return (mel - mean) / (std + 1e-5) * keep, valid
+
+    def forward(self, batch: dict[str, Any]) -> FeatureSequence:
+        if batch["sample_rate"] != self.sample_rate:
+            raise ValueError(
+                f"AudioRNNEncoder(sample_rate={self.sample_rate}) got audio at "
+                f"{batch['sample_rate']} Hz; set the data's sample_rate and the encoder's alike"
+            )
+        frames, valid = self.log_mel(batch["waveform"], batch["lengths"])
+        b, t, m = frames.shape
+        pad = (-t) % self.subsample
+        frames = nn.functional.pad(frames, (0, 0, 0, pad))
+        steps = frames.reshape(b, (t + pad) // self.subsample, m * self.subsample)  # (b, n, m*s)
+        n_valid = (valid + self.subsample - 1) // self.subsample  # (b,)
+        packed = pack_padded_sequence(
+            steps, n_valid.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False
+        )
+        out, _ = self.rnn(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=steps.shape[1])
+        mask = torch.arange(steps.shape[1], device=out.device)[None] < n_valid[:, None]
+        return FeatureSequence(out, mask)

@@ -1,0 +1,132 @@
+"""The ``mmctx`` command: Lightning's fit/validate/test/predict plus the project's own tools.
+
+``mmctx fit --config configs/demo.yaml`` and friends are Lightning's CLI (YAML configs,
+``--key value`` overrides, ``class_path``/``init_args``, ``--print_config``); the class
+names in configs resolve because the built-in components are imported here.
+``mmctx demo-data`` and ``mmctx digits-data`` write datasets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+# Imported so that short class names in configs resolve.
+import mmctx.backbones  # noqa: F401
+import mmctx.datamodule  # noqa: F401
+import mmctx.encoders  # noqa: F401
+import mmctx.pipelines  # noqa: F401
+from mmctx.pipelines import JsonlPredictionWriter
+
+OVERVIEW = """\
+usage: mmctx COMMAND [options]
+
+Train and run multimodal (text + image + audio) models.
+
+Lightning commands (configured by YAML, see `mmctx COMMAND --help`):
+  fit           train a model:            mmctx fit --config configs/demo.yaml
+  validate      evaluate on the val set:  mmctx validate --config configs/demo.yaml --ckpt_path BEST.ckpt
+  test          evaluate on the test set: mmctx test --config configs/demo.yaml --ckpt_path BEST.ckpt
+  predict       write predictions.jsonl:  mmctx predict --config configs/demo.yaml --ckpt_path BEST.ckpt
+
+Data commands:
+  demo-data     write the built-in tri-modal digits dataset to a folder
+  digits-data   pair the real spoken and handwritten digits (shared/data) into manifests
+
+Any config value can be overridden on the command line (--trainer.max_epochs 3),
+configs can be stacked (--config a.yaml --config b.yaml), and
+`mmctx fit --config X --print_config` shows the full resolved config.
+"""
+
+
+def _demo_data(argv: Sequence[str]) -> int:
+    from mmctx.demo_data import DemoSpec, make_demo_dataset
+
+    parser = argparse.ArgumentParser(
+        prog="mmctx demo-data",
+        description="Write the built-in tri-modal digits dataset (PNG images, WAV clips, texts, "
+        "JSON Lines manifests train/val/test.jsonl). Same seed, same files.",
+    )
+    parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--num-samples", type=int, default=DemoSpec.num_samples, help="samples in all splits (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=DemoSpec.seed, help="generator seed (default: %(default)s)")
+    args = parser.parse_args(argv)
+    paths = make_demo_dataset(args.out, DemoSpec(num_samples=args.num_samples, seed=args.seed), progress=True)
+    for split, path in paths.items():
+        print(f"{split}: {path}")
+    return 0
+
+
+def _digits_data(argv: Sequence[str]) -> int:
+    from mmctx.digits_data import main as digits_main
+
+    return digits_main(argv)
+
+
+OWN_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "demo-data": _demo_data,
+    "digits-data": _digits_data,
+}
+
+
+class MMCtxCLI(LightningCLI):
+    """Lightning's CLI: the data's class names go to the model, predictions to JSON Lines."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # `mmctx predict ... --predictions.path out.jsonl` (default: the run's log folder)
+        parser.add_lightning_class_args(JsonlPredictionWriter, "predictions")
+        parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
+        parser.link_arguments("data.multilabel", "model.init_args.multilabel", apply_on="instantiate")
+
+    def after_fit(self) -> None:
+        report_fit(self.trainer, self.datamodule)
+
+
+def lightning_cli(argv: Sequence[str] | None, **kwargs: Any) -> MMCtxCLI:
+    """Run (or, with ``run=False``, only build) the Lightning part of the CLI."""
+    return MMCtxCLI(
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=argv,
+        **kwargs,
+    )
+
+
+def report_fit(trainer, datamodule) -> None:
+    """Print the best validation score, the checkpoint, and the skipped-sample count."""
+    if trainer.global_rank != 0:
+        return
+    ckpt = trainer.checkpoint_callback
+    lines = ["", "fit finished"]
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if metrics:
+        lines.append("  last epoch: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+    if ckpt is not None and getattr(ckpt, "best_model_path", ""):
+        score = ckpt.best_model_score
+        best = f"{ckpt.monitor}={float(score):.4f}" if score is not None else ""
+        lines.append(f"  best checkpoint: {ckpt.best_model_path} {best}".rstrip())
+    skipped = len(getattr(datamodule, "skipped", [])) + getattr(trainer.lightning_module, "skipped_samples", 0)
+    lines.append(f"  skipped samples: {skipped}" + (" (see warnings above)" if skipped else ""))
+    print("\n".join(lines))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(OVERVIEW)
+        return 0
+    if args[0] in OWN_COMMANDS:
+        return OWN_COMMANDS[args[0]](args[1:])
+    lightning_cli(None if argv is None else args)  # None: Lightning reads sys.argv itself
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

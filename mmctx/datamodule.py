@@ -1,0 +1,231 @@
+"""Lightning data modules: manifests on disk, or the built-in demo data generated once.
+
+The module reads the manifests once, infers the label space from every labelled split,
+and exposes ``class_names`` and ``multilabel`` so the CLI can hand them to the model.
+Rows that cannot be used are reported (file, line, cause) with a count at the end of
+parsing; ``strict=True`` stops at the first one instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import cached_property
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from mmctx.data import MODALITIES, Collate, ManifestDataset, Preprocess
+from mmctx.io import Limits
+from mmctx.manifest import LabelSpace, Sample, read_manifest
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test", "predict")
+
+
+class MultimodalDataModule(L.LightningDataModule):
+    """Train/val/test/predict data from JSON Lines manifests.
+
+    Args:
+        train_manifest: Training manifest.
+        val_manifest: Validation manifest; without one, ``val_fraction`` of the training rows
+            are held out (seeded by ``split_seed``).
+        test_manifest: Test manifest.
+        predict_manifest: Manifest to predict on (labels optional).
+        val_fraction: Share of training rows held out when there is no ``val_manifest``.
+        split_seed: Seed of that split.
+        classes: Class names in index order; inferred from the labels when not given.
+        modalities: Modalities to load (default: all of text, image, audio).
+        batch_size: Samples per batch.
+        num_workers: DataLoader worker processes.
+        image_size: Images are resized to this square size.
+        image_channels: 1 (grayscale) or 3 (RGB).
+        sample_rate: Audio is resampled to this rate.
+        max_image_pixels: Larger images are rejected before decoding.
+        max_audio_seconds: Longer audio is rejected before reading.
+        max_text_chars: Longer texts are rejected.
+        strict: Stop at the first bad row or file instead of skipping and reporting it.
+    """
+
+    def __init__(
+        self,
+        train_manifest: str | None = None,
+        val_manifest: str | None = None,
+        test_manifest: str | None = None,
+        predict_manifest: str | None = None,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        classes: list[str] | None = None,
+        modalities: list[str] | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        image_size: int = 32,
+        image_channels: int = 3,
+        sample_rate: int = 16000,
+        max_image_pixels: int = 50_000_000,
+        max_audio_seconds: float = 600.0,
+        max_text_chars: int = 1_000_000,
+        strict: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        unknown = sorted(set(modalities or ()) - set(MODALITIES))
+        if unknown:
+            raise ValueError(f"modalities {unknown} are not known; choose from {list(MODALITIES)}")
+        if image_channels not in (1, 3):
+            raise ValueError(f"image_channels must be 1 or 3, got {image_channels}")
+        self.manifests = {
+            "train": train_manifest,
+            "val": val_manifest,
+            "test": test_manifest,
+            "predict": predict_manifest,
+        }
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.classes = classes
+        self.modalities = tuple(m for m in MODALITIES if m in (modalities or MODALITIES))
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.strict = strict
+        self.preprocess = Preprocess(
+            image_size, image_channels, sample_rate, Limits(max_image_pixels, max_audio_seconds, max_text_chars)
+        )
+        self.skipped: list[str] = []
+
+    @cached_property
+    def _splits(self) -> dict[str, list[Sample]]:
+        """Parsed rows of every split (read once, on first use)."""
+        splits: dict[str, list[Sample]] = {}
+        for split, path in self.manifests.items():
+            if path is None:
+                continue
+            samples, problems = read_manifest(self._resolve(path), strict=self.strict)
+            self.skipped.extend(problems)
+            splits[split] = samples
+        if "train" in splits and "val" not in splits and self.val_fraction > 0:
+            splits["train"], splits["val"] = self._hold_out(splits["train"])
+        return splits
+
+    def _resolve(self, path: str) -> Path:
+        return Path(path).expanduser()
+
+    def _hold_out(self, samples: list[Sample]) -> tuple[list[Sample], list[Sample]]:
+        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(self.split_seed))
+        n_val = max(1, round(len(samples) * self.val_fraction))
+        val = set(order[:n_val].tolist())
+        return [s for i, s in enumerate(samples) if i not in val], [s for i, s in enumerate(samples) if i in val]
+
+    @cached_property
+    def label_space(self) -> LabelSpace:
+        labelled = [s.label for split in ("train", "val", "test") for s in self._splits.get(split, [])]
+        return LabelSpace.infer(labelled, self.classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in index order (handed to the model by the CLI)."""
+        return self.label_space.classes
+
+    @property
+    def multilabel(self) -> bool:
+        return self.label_space.multilabel
+
+    def dataset(self, split: str) -> ManifestDataset:
+        """The dataset of one split; raises ValueError when that split has no manifest."""
+        if split not in self._splits:
+            raise ValueError(f"no data for split '{split}': set data.{split}_manifest")
+        samples = self._splits[split]
+        labels = None if split == "predict" and all(s.label is None for s in samples) else self.label_space
+        return ManifestDataset(samples, labels, self.modalities, self.preprocess, self.strict)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        collate = Collate(self.modalities, self.preprocess, len(self.class_names) if self.multilabel else None)
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", shuffle=False)
+
+
+def default_cache_dir() -> Path:
+    """Where generated data is kept: ``$MMCTX_CACHE`` or ``~/.cache/mmctx``."""
+    root = os.environ.get("MMCTX_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mmctx"
+    return Path(root)
+
+
+class DemoDataModule(MultimodalDataModule):
+    """The built-in tri-modal digits data, generated once into a cache folder.
+
+    The data is written by :func:`mmctx.demo_data.make_demo_dataset` and then read back
+    through the ordinary manifest path, exactly like a user's dataset.
+
+    Args:
+        num_samples: Samples in all splits together.
+        seed: Seed of the generator (same seed, same files).
+        cache_dir: Folder for the generated data (default: ``default_cache_dir()/demo``).
+        **kwargs: Any other :class:`MultimodalDataModule` argument (batch size, sizes, ...);
+            the manifests are set by this class.
+    """
+
+    def __init__(self, num_samples: int = 3000, seed: int = 0, cache_dir: str | None = None, **kwargs) -> None:
+        from mmctx.demo_data import DemoSpec, make_demo_dataset
+
+        super().__init__(**kwargs)
+        spec = DemoSpec(num_samples=num_samples, seed=seed)
+        folder = Path(cache_dir) if cache_dir else default_cache_dir() / f"demo-n{num_samples}-s{seed}"
+        paths = make_demo_dataset(folder, spec, progress=True)
+        self.manifests.update({split: str(paths[split]) for split in ("train", "val", "test")})
+        log.info("demo data in %s", folder)
+
+
+class DigitsDataModule(MultimodalDataModule):
+    """Real spoken digits paired with handwritten ones (see :mod:`mmctx.digits_data`).
+
+    Args:
+        root: Folder holding ``fsdd/`` and ``digits/`` (the project's shared data).
+        val_speakers: Speakers used only for validation.
+        test_speakers: Speakers used only for testing.
+        seed: Seed of the image split and the pairing.
+        cache_dir: Folder for the manifests (default: ``default_cache_dir()/digits-s<seed>``).
+        **kwargs: Any other :class:`MultimodalDataModule` argument.
+    """
+
+    def __init__(
+        self,
+        root: str = "../shared/data",
+        val_speakers: list[str] | None = None,
+        test_speakers: list[str] | None = None,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        **kwargs,
+    ) -> None:
+        from mmctx.digits_data import make_digits_manifests
+
+        super().__init__(**kwargs)
+        folder = Path(cache_dir) if cache_dir else default_cache_dir() / f"digits-s{seed}"
+        paths = make_digits_manifests(
+            root,
+            folder,
+            val_speakers=val_speakers or ["nicolas"],
+            test_speakers=test_speakers or ["theo"],
+            seed=seed,
+        )
+        self.manifests.update({split: str(paths[split]) for split in ("train", "val", "test")})

@@ -1,0 +1,78 @@
+"""Fusion: many per-modality feature sequences become ONE multimodal sequence.
+
+Each modality is projected to the backbone width ``d``, tagged with a learned
+modality-type embedding and sinusoidal positions (counted within the modality), and the
+sequences are concatenated after a learned summary token. Absent modalities contribute
+only masked positions; nothing is filled in for them.
+
+Shape legend: b = batch, n = positions, d = model width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from mmctx.features import FeatureSequence
+from mmctx.positions import sinusoidal_positions
+
+
+class MultimodalFusion(nn.Module):
+    """Project, tag and concatenate modality sequences behind a summary token.
+
+    Args:
+        in_dims: Feature width of each modality's encoder, keyed by modality name.
+        dim: Width of the fused sequence (the backbone's width).
+    """
+
+    def __init__(self, in_dims: Mapping[str, int], dim: int) -> None:
+        super().__init__()
+        if not in_dims:
+            raise ValueError("in_dims is empty: configure at least one encoder")
+        if dim <= 0 or dim % 2:
+            raise ValueError(f"dim must be a positive even number, got {dim}")
+        self.modalities = sorted(in_dims)
+        self.dim = dim
+        self.proj = nn.ModuleDict(
+            {m: nn.Sequential(nn.Linear(in_dims[m], dim), nn.LayerNorm(dim)) for m in self.modalities}
+        )
+        self.type_embed = nn.ParameterDict(
+            {m: nn.Parameter(torch.randn(dim) * 0.02) for m in self.modalities}
+        )
+        self.summary = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+
+    def forward(self, features: Mapping[str, FeatureSequence]) -> FeatureSequence:
+        """Fuse the encoders' outputs.
+
+        Args:
+            features: One ``FeatureSequence`` ``(b, n_m, d_m)`` per modality in ``in_dims``.
+
+        Returns:
+            ``(b, 1 + sum(n_m), d)`` with the summary token at position 0 (always valid).
+        """
+        missing = [m for m in self.modalities if m not in features]
+        if missing:
+            raise ValueError(f"fusion expects modalities {self.modalities}, missing {missing}")
+        first = features[self.modalities[0]].features
+        b = first.shape[0]
+        parts: list[Tensor] = [self.summary.expand(b, 1, self.dim)]
+        masks: list[Tensor] = [torch.ones(b, 1, dtype=torch.bool, device=first.device)]
+        for m in self.modalities:
+            seq = features[m].check(m)
+            n = seq.features.shape[1]
+            x = self.proj[m](seq.features)  # (b, n_m, d)
+            parts.append(x + self.type_embed[m] + sinusoidal_positions(n, self.dim, x.device).to(x.dtype))
+            masks.append(seq.mask)
+        return FeatureSequence(torch.cat(parts, dim=1), torch.cat(masks, dim=1))
+
+
+def masked_mean(seq: FeatureSequence) -> Tensor:
+    """Mean over the valid positions.
+
+    Returns:
+        ``(b, d)`` pooled features.
+    """
+    weights = seq.mask.to(seq.features.dtype)[..., None]  # (b, n, 1)
+    return (seq.features * weights).sum(1) / weights.sum(1).clamp_min(1.0)

@@ -1,0 +1,150 @@
+"""MultimodalClassifier: encoders -> fusion -> backbone -> pooled head, as a LightningModule."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import Accuracy, F1Score
+
+from mmctx.backbones import FusionBackbone
+from mmctx.encoders import ModalityEncoder
+from mmctx.features import FeatureSequence
+from mmctx.fusion import MultimodalFusion, masked_mean
+
+
+def _adamw(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float = 0.05) -> Any:
+    """Linear warm-up over ``warmup`` of the steps, then cosine decay to zero."""
+    warm = max(1, int(total_steps * warmup))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total_steps - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class MultimodalClassifier(L.LightningModule):
+    """Classify a sample from whatever modalities it carries.
+
+    Args:
+        encoders: One encoder per modality, keyed by modality name (``"text"``, ...).
+        backbone: The fusion backbone; its ``dim`` is the fused width.
+        class_names: Class names in index order (the CLI takes them from the data).
+        multilabel: Sigmoid outputs and one binary decision per class instead of softmax.
+        dropout: Dropout before the output layer.
+        optimizer: Optimizer factory (default AdamW, lr 1e-3, weight decay 0.01).
+        lr_scheduler: Scheduler factory stepped every step; default linear warm-up then cosine.
+    """
+
+    def __init__(
+        self,
+        encoders: dict[str, ModalityEncoder],
+        backbone: FusionBackbone,
+        class_names: list[str],
+        multilabel: bool = False,
+        dropout: float = 0.1,
+        optimizer: OptimizerCallable = _adamw,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["encoders", "backbone"])
+        for name, enc in encoders.items():
+            if name != enc.modality:
+                raise ValueError(f"encoders[{name!r}] is a {type(enc).__name__} for {enc.modality!r}")
+        if len(class_names) < 2 and not multilabel:
+            raise ValueError(f"need at least 2 classes, got class_names={class_names}")
+        self.encoders = nn.ModuleDict(encoders)
+        self.fusion = MultimodalFusion({m: e.out_dim for m, e in encoders.items()}, backbone.dim)
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.LayerNorm(backbone.dim), nn.Dropout(dropout), nn.Linear(backbone.dim, len(class_names)))
+        self.class_names = list(class_names)
+        self.multilabel = multilabel
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        task: dict[str, Any] = (
+            {"task": "multilabel", "num_labels": len(class_names)}
+            if multilabel
+            else {"task": "multiclass", "num_classes": len(class_names)}
+        )
+        metrics = MetricCollection({"acc": Accuracy(**task), "f1": F1Score(average="macro", **task)})
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.skipped_samples = 0
+
+    def forward(self, inputs: dict[str, Any]) -> Tensor:
+        """Logits ``(b, classes)`` from the collated ``inputs`` of a batch."""
+        feats = {m: enc(inputs[m]) for m, enc in self.encoders.items()}
+        fused = self.backbone(self.fusion(feats))  # (b, n, d)
+        return self.head(masked_mean(fused))
+
+    def embed(self, inputs: dict[str, Any]) -> FeatureSequence:
+        """The backbone's output sequence ``(b, n, d)`` (for heads other than this one)."""
+        return self.backbone(self.fusion({m: enc(inputs[m]) for m, enc in self.encoders.items()}))
+
+    def _loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        if self.multilabel:
+            return F.binary_cross_entropy_with_logits(logits, target)
+        return F.cross_entropy(logits, target)
+
+    def _step(self, batch: dict[str, Any], metrics: MetricCollection, stage: str) -> Tensor | None:
+        self.skipped_samples += len(batch["errors"])
+        if not batch["ids"]:
+            return None  # every sample of this batch failed to decode (reported already)
+        logits = self(batch["inputs"])
+        target = batch["label"]
+        loss = self._loss(logits, target)
+        metrics.update(logits, target.long() if self.multilabel else target)
+        bs = len(batch["ids"])
+        self.log(f"{stage}/loss", loss, batch_size=bs, prog_bar=stage != "test", sync_dist=stage != "train")
+        self.log_dict(metrics, batch_size=bs, prog_bar=True, on_epoch=True, on_step=False)
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        return self._step(batch, self.train_metrics, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, self.test_metrics, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """One record per sample: id, predicted label(s), class probabilities, modalities used."""
+        self.skipped_samples += len(batch["errors"])
+        if not batch["ids"]:
+            return []
+        logits = self(batch["inputs"])
+        probs = logits.sigmoid() if self.multilabel else logits.softmax(-1)
+        records = []
+        for row, sample_id in enumerate(batch["ids"]):
+            p = probs[row].tolist()
+            if self.multilabel:
+                label: Any = [c for c, q in zip(self.class_names, p) if q >= 0.5]
+            else:
+                label = self.class_names[int(probs[row].argmax())]
+            used = [m for m, flags in batch["present"].items() if bool(flags[row])]
+            records.append(
+                {"id": sample_id, "label": label, "probs": dict(zip(self.class_names, p)), "modalities": used}
+            )
+        return records
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is not None:
+            scheduler = self.scheduler_factory(optimizer)
+        else:
+            scheduler = warmup_cosine(optimizer, int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

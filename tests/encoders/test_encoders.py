@@ -1,0 +1,115 @@
+"""Every built-in encoder: shapes, masks of absent samples, gradients, padding invariance."""
+
+import pytest
+import torch
+
+from mmctx.encoders import AudioRNNEncoder, ImageCNNEncoder, ModalityEncoder, TextTransformerEncoder
+
+
+def text_batch():
+    return {"text": ["one two three", "", "four five six seven eight"], "present": torch.tensor([True, False, True])}
+
+
+def image_batch():
+    pixels = torch.randint(0, 256, (3, 2, 1, 16, 16), dtype=torch.uint8)
+    return {"pixels": pixels, "mask": torch.tensor([[True, True], [False, False], [True, False]])}
+
+
+def audio_batch():
+    lengths = torch.tensor([8000, 0, 3000])
+    wave = torch.randn(3, 8000) * 0.1
+    wave[1:, :] *= torch.arange(8000)[None] < lengths[1:, None]
+    return {"waveform": wave, "lengths": lengths, "sample_rate": 8000}
+
+
+TINY = {
+    "text": (lambda: TextTransformerEncoder(dim=16, depth=1, heads=2, vocab_size=64), text_batch),
+    "image": (lambda: ImageCNNEncoder(out_dim=16, in_channels=1, width=4), image_batch),
+    "audio": (lambda: AudioRNNEncoder(sample_rate=8000, n_mels=16, hidden_dim=8, num_layers=1), audio_batch),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_shapes_masks_and_gradients(name):
+    make, batch_fn = TINY[name]
+    enc = make()
+    assert isinstance(enc, ModalityEncoder) and enc.modality == name
+    seq = enc(batch_fn()).check(name)
+    assert seq.features.shape[0] == 3 and seq.features.shape[2] == enc.out_dim
+    assert not seq.mask[1].any(), "an absent sample must be fully masked"
+    assert seq.mask[0].any() and seq.mask[2].any()
+    assert torch.isfinite(seq.features).all()
+    (seq.features * seq.mask[..., None]).sum().backward()
+    grads = [p.grad for p in enc.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_image_positions_follow_the_feature_map():
+    enc = ImageCNNEncoder(out_dim=8, in_channels=1, width=4)
+    seq = enc(image_batch())
+    assert seq.features.shape[1] == 2 * 2 * 2  # k=2 images, 16/8 = 2x2 cells each
+    assert seq.mask[2].tolist() == [True] * 4 + [False] * 4
+
+
+def test_audio_mask_follows_length_and_padding_does_not_leak():
+    enc = AudioRNNEncoder(sample_rate=8000, n_mels=16, hop_ms=10, subsample=2, hidden_dim=8, num_layers=1).eval()
+    batch = audio_batch()
+    seq = enc(batch)
+    # 3000 samples, window 200, hop 80: (3000 - 100) // 80 + 1 = 37 frames -> 19 steps of 2
+    assert seq.mask[2].sum() == 19 and seq.mask[0].sum() == 50
+    alone = enc({"waveform": batch["waveform"][2:, :3000], "lengths": batch["lengths"][2:], "sample_rate": 8000})
+    torch.testing.assert_close(alone.features[0, :19], seq.features[2, :19], atol=1e-5, rtol=1e-4)
+
+
+def test_audio_rejects_a_different_sample_rate():
+    enc = AudioRNNEncoder(sample_rate=16000, n_mels=16, hidden_dim=8)
+    with pytest.raises(ValueError, match="got audio at 8000 Hz"):
+        enc(audio_batch())
+
+
+def test_text_padding_does_not_change_a_sample():
+    enc = TextTransformerEncoder(dim=16, depth=1, heads=2, vocab_size=64, dropout=0.0).eval()
+    both = enc({"text": ["short one", "a much longer text than the other"], "present": torch.tensor([True, True])})
+    alone = enc({"text": ["short one"], "present": torch.tensor([True])})
+    torch.testing.assert_close(alone.features[0], both.features[0, :2], atol=1e-5, rtol=1e-4)
+
+
+def test_image_channel_mismatch_is_explained():
+    with pytest.raises(ValueError, match="in_channels=3.*1-channel"):
+        ImageCNNEncoder(out_dim=8, in_channels=3, width=4)(image_batch())
+
+
+def test_torchvision_backbone_by_name():
+    enc = ImageCNNEncoder(out_dim=8, in_channels=1, arch="resnet18")
+    seq = enc({"pixels": torch.zeros(1, 1, 1, 64, 64, dtype=torch.uint8), "mask": torch.ones(1, 1, dtype=torch.bool)})
+    assert seq.features.shape == (1, 4, 8)  # resnet stride 32: 64 -> 2x2
+    with pytest.raises(ValueError, match="arch='nope'"):
+        ImageCNNEncoder(arch="nope")
+
+
+def test_hf_text_model_from_a_local_folder_offline(tmp_path, monkeypatch):
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "one", "two", "three"]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path / "tiny")
+    config = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    BertModel(config).save_pretrained(tmp_path / "tiny")
+    enc = TextTransformerEncoder(pretrained=str(tmp_path / "tiny"), freeze=True)
+    seq = enc(text_batch())
+    assert enc.out_dim == 16 and seq.features.shape[-1] == 16
+    assert not seq.mask[1].any() and seq.mask[0].sum() == 5  # [CLS] one two three [SEP]
+    assert not any(p.requires_grad for p in enc.parameters())
+
+
+def test_missing_pretrained_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="mmctx never downloads"):
+        TextTransformerEncoder(pretrained=str(tmp_path / "absent"))
+
+
+def test_encoder_subclass_must_name_its_modality():
+    with pytest.raises(TypeError, match="must set the class attribute `modality`"):
+
+        class NoModality(ModalityEncoder):
+            pass

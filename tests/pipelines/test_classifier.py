@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+from mmctx.backbones import TransformerBackbone
+from mmctx.encoders import AudioRNNEncoder, TextTransformerEncoder
+from mmctx.pipelines import MultimodalClassifier
+
+
+def _model(multilabel=False):
+    encoders = {
+        "text": TextTransformerEncoder(dim=16, depth=1, heads=2, vocab_size=128),
+        "audio": AudioRNNEncoder(sample_rate=8000, n_mels=16, hidden_dim=8, num_layers=1),
+    }
+    return MultimodalClassifier(encoders, TransformerBackbone(dim=16, depth=1, heads=2), ["a", "b", "c"], multilabel)
+
+
+def _batch(multilabel=False):
+    texts = ["alpha word", "beta word", "gamma word", "alpha again"]
+    wave = torch.randn(4, 1600) * 0.1
+    label = torch.tensor([[1, 0, 0], [0, 1, 1], [0, 0, 1], [1, 0, 0]], dtype=torch.float) if multilabel else torch.tensor([0, 1, 2, 0])
+    return {
+        "ids": list("wxyz"),
+        "lines": [1, 2, 3, 4],
+        "errors": [],
+        "inputs": {
+            "text": {"text": texts, "present": torch.ones(4, dtype=torch.bool)},
+            "audio": {"waveform": wave, "lengths": torch.tensor([1600, 1600, 0, 800]), "sample_rate": 8000},
+        },
+        "present": {"text": torch.ones(4, dtype=torch.bool), "audio": torch.tensor([True, True, False, True])},
+        "label": label,
+    }
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_training_fits_a_small_batch(multilabel):
+    model, batch = _model(multilabel), _batch(multilabel)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = model._loss(model(batch["inputs"]), batch["label"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
+
+
+def test_predict_step_records():
+    model = _model().eval()
+    with torch.no_grad():
+        records = model.predict_step(_batch(), 0)
+    assert [r["id"] for r in records] == list("wxyz")
+    for r in records:
+        assert r["label"] in ("a", "b", "c")
+        assert set(r["probs"]) == {"a", "b", "c"} and abs(sum(r["probs"].values()) - 1) < 1e-5
+        assert r["label"] == max(r["probs"], key=r["probs"].get)
+    assert records[2]["modalities"] == ["text"] and records[0]["modalities"] == ["text", "audio"]
+
+
+def test_batch_of_only_failed_samples_is_counted_and_skipped():
+    model = _model()
+    empty = {"ids": [], "errors": ["sample 'x' (line 1): broken"], "inputs": {}, "present": {}}
+    assert model.training_step(empty, 0) is None
+    assert model.skipped_samples == 1
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError, match="encoders\\['image'\\] is a TextTransformerEncoder for 'text'"):
+        MultimodalClassifier({"image": TextTransformerEncoder(dim=16, heads=2)}, TransformerBackbone(dim=16, heads=2), ["a", "b"])
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        MultimodalClassifier({"text": TextTransformerEncoder(dim=16, heads=2)}, TransformerBackbone(dim=16, heads=2), ["a"])

@@ -1,0 +1,95 @@
+"""The mmctx command end to end: help, every shipped config, fit/validate/predict, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmctx.cli import main
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+DEMO = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch):
+    """Lightning's CLI warns when pytest's own arguments sit in sys.argv."""
+    monkeypatch.setattr(sys, "argv", ["mmctx"])
+
+
+def test_help_lists_every_command(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("fit", "validate", "test", "predict", "demo-data", "digits-data"):
+        assert f"\n  {command}" in out
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_every_shipped_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "class_path: mmctx.pipelines." in out and "data:" in out
+
+
+def test_demo_data_command_writes_manifests(tmp_path, capsys):
+    assert main(["demo-data", "--out", str(tmp_path / "d"), "--num-samples", "30", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    for split in ("train", "val", "test"):
+        assert (tmp_path / "d" / f"{split}.jsonl").is_file() and f"{split}: " in out
+
+
+def _tiny_fit_args(tmp_path: Path) -> list[str]:
+    return [
+        "--config", DEMO,
+        "--data.num_samples", "300",
+        "--data.cache_dir", str(tmp_path / "data"),
+        "--trainer.max_epochs", "6",
+        "--trainer.enable_progress_bar", "false",
+        "--predictions.path", str(tmp_path / "pred.jsonl"),
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_fit_learns_then_validate_and_predict_from_the_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", *_tiny_fit_args(tmp_path)])
+    out = capsys.readouterr().out
+    assert "fit finished" in out and "skipped samples: 0" in out
+    best = next((tmp_path / "runs" / "demo").rglob("best-*.ckpt"))
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)  # no pickled code inside
+    assert ckpt["hyper_parameters"]["class_names"] == [str(d) for d in range(10)]
+    metrics = (tmp_path / "runs" / "demo" / "logs" / "version_0" / "metrics.csv").read_text()
+    val_acc = [float(row.split(",")[header.index("val/acc")]) for header in [metrics.splitlines()[0].split(",")]
+               for row in metrics.splitlines()[1:] if row.split(",")[header.index("val/acc")]]  # fmt: skip
+    assert max(val_acc) > 0.3, f"val/acc never beat chance (0.1) clearly: {val_acc}"
+
+    main(["predict", *_tiny_fit_args(tmp_path), "--ckpt_path", str(best)])
+    records = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    assert records, "predict wrote nothing"
+    assert {"id", "label", "probs", "modalities"} <= set(records[0])
+    assert records[0]["label"] in [str(d) for d in range(10)]
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        sys.executable, "-m", "mmctx.cli", "fit", "--config", DEMO,
+        "--data.num_samples", "120", "--data.cache_dir", str(tmp_path / "data"),
+        "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.save_dir", str(tmp_path),
+    ]  # fmt: skip
+    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-3000:]
+    assert "MEMBER: 2/2" in log and "fit finished" in log
+    assert list(tmp_path.rglob("*.ckpt"))
