@@ -36,8 +36,12 @@ def run_subset(config: dict, modalities: list[str], workdir: Path, extra: list[s
     cli = lightning_cli(["--config", str(path), *extra], run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     seconds = time.perf_counter() - start
-    val = cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
-    test = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
+    val = cli.trainer.validate(
+        cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False
+    )[0]
+    test = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[
+        0
+    ]
     return {
         "modalities": modalities,
         "val_acc": val["val/acc"],
@@ -47,24 +51,43 @@ def run_subset(config: dict, modalities: list[str], workdir: Path, extra: list[s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="a classifier config with text, image and audio encoders")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config", required=True, help="a classifier config with text, image and audio encoders"
+    )
     parser.add_argument("--out", required=True, help="JSON file for the results")
-    parser.add_argument("--subsets", nargs="+", default=["text", "image", "audio", "text,image,audio"],
-                        help="comma-separated modality sets (default: each alone, then all)")
-    parser.add_argument("overrides", nargs="*", help="extra CLI overrides, e.g. --trainer.max_epochs=3")
+    parser.add_argument(
+        "--subsets",
+        nargs="+",
+        default=["text", "image", "audio", "text,image,audio"],
+        help="comma-separated modality sets (default: each alone, then all)",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="extra CLI overrides, e.g. --trainer.max_epochs=3"
+    )
     args, unknown = parser.parse_known_args()
     config = yaml.safe_load(Path(args.config).read_text())
     sys.argv = [sys.argv[0]]  # Lightning's CLI reads only what we pass it
     rows = []
     for subset in args.subsets:
         with tempfile.TemporaryDirectory() as tmp:
-            rows.append(run_subset(config, subset.split(","), Path(tmp), [*args.overrides, *unknown]))
+            rows.append(
+                run_subset(config, subset.split(","), Path(tmp), [*args.overrides, *unknown])
+            )
     print("\n| modalities | val acc | test acc | fit time |\n|---|---|---|---|")
     for r in rows:
-        print(f"| {' + '.join(r['modalities'])} | {r['val_acc']:.3f} | {r['test_acc']:.3f} | {r['fit_seconds']:.0f} s |")
+        print(
+            f"| {' + '.join(r['modalities'])} | {r['val_acc']:.3f} | {r['test_acc']:.3f} | {r['fit_seconds']:.0f} s |"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"config": args.config, "overrides": [*args.overrides, *unknown], "rows": rows}, indent=2))
+    Path(args.out).write_text(
+        json.dumps(
+            {"config": args.config, "overrides": [*args.overrides, *unknown], "rows": rows},
+            indent=2,
+        )
+    )
     print(f"wrote {args.out}")
 
 

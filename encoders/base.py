@@ -25,7 +25,9 @@ class ModalityEncoder(nn.Module):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if not isinstance(getattr(cls, "modality", None), str):
-            raise TypeError(f"{cls.__name__} must set the class attribute `modality` (e.g. 'audio')")
+            raise TypeError(
+                f"{cls.__name__} must set the class attribute `modality` (e.g. 'audio')"
+            )
 
     def forward(self, batch: Any) -> FeatureSequence:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -78,7 +78,9 @@ class ImageCNNEncoder(ModalityEncoder):
         self.in_channels = in_channels
         if arch == "small":
             self.trunk = nn.Sequential(
-                _conv_block(in_channels, width), _conv_block(width, 2 * width), _conv_block(2 * width, 4 * width)
+                _conv_block(in_channels, width),
+                _conv_block(width, 2 * width),
+                _conv_block(2 * width, 4 * width),
             )
             channels = 4 * width
         else:

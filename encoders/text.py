@@ -104,4 +104,3 @@ class TextTransformerEncoder(ModalityEncoder):
         out = self.hf_model(**enc).last_hidden_state  # (b, n, hidden)
         mask = enc["attention_mask"].bool() & present[:, None]
         return FeatureSequence(out, mask)
-

@@ -33,7 +33,11 @@ class DenseAttention(nn.Module):
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         # q, k, v: (b, h, n, e); the mask lets each query see the valid keys only
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask[:, None, None, :], dropout_p=self.dropout if self.training else 0.0
+            q,
+            k,
+            v,
+            attn_mask=mask[:, None, None, :],
+            dropout_p=self.dropout if self.training else 0.0,
         )  # (b, h, n, e)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 

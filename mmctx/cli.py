@@ -53,10 +53,19 @@ def _demo_data(argv: Sequence[str]) -> int:
         "JSON Lines manifests train/val/test.jsonl). Same seed, same files.",
     )
     parser.add_argument("--out", required=True, help="output folder (created)")
-    parser.add_argument("--num-samples", type=int, default=DemoSpec.num_samples, help="samples in all splits (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=DemoSpec.seed, help="generator seed (default: %(default)s)")
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        default=DemoSpec.num_samples,
+        help="samples in all splits (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=DemoSpec.seed, help="generator seed (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
-    paths = make_demo_dataset(args.out, DemoSpec(num_samples=args.num_samples, seed=args.seed), progress=True)
+    paths = make_demo_dataset(
+        args.out, DemoSpec(num_samples=args.num_samples, seed=args.seed), progress=True
+    )
     for split, path in paths.items():
         print(f"{split}: {path}")
     return 0
@@ -80,8 +89,12 @@ class MMCtxCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # `mmctx predict ... --predictions.path out.jsonl` (default: the run's log folder)
         parser.add_lightning_class_args(JsonlPredictionWriter, "predictions")
-        parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
-        parser.link_arguments("data.multilabel", "model.init_args.multilabel", apply_on="instantiate")
+        parser.link_arguments(
+            "data.class_names", "model.init_args.class_names", apply_on="instantiate"
+        )
+        parser.link_arguments(
+            "data.multilabel", "model.init_args.multilabel", apply_on="instantiate"
+        )
 
     def after_fit(self) -> None:
         report_fit(self.trainer, self.datamodule)
@@ -107,12 +120,16 @@ def report_fit(trainer, datamodule) -> None:
     lines = ["", "fit finished"]
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if metrics:
-        lines.append("  last epoch: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+        lines.append(
+            "  last epoch: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+        )
     if ckpt is not None and getattr(ckpt, "best_model_path", ""):
         score = ckpt.best_model_score
         best = f"{ckpt.monitor}={float(score):.4f}" if score is not None else ""
         lines.append(f"  best checkpoint: {ckpt.best_model_path} {best}".rstrip())
-    skipped = len(getattr(datamodule, "skipped", [])) + getattr(trainer.lightning_module, "skipped_samples", 0)
+    skipped = len(getattr(datamodule, "skipped", [])) + getattr(
+        trainer.lightning_module, "skipped_samples", 0
+    )
     lines.append(f"  skipped samples: {skipped}" + (" (see warnings above)" if skipped else ""))
     print("\n".join(lines))
 

@@ -27,7 +27,15 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mmctx.io import DEFAULT_LIMITS, DecodeError, Limits, check_text, read_audio, read_image, read_text
+from mmctx.io import (
+    DEFAULT_LIMITS,
+    DecodeError,
+    Limits,
+    check_text,
+    read_audio,
+    read_image,
+    read_text,
+)
 from mmctx.manifest import LabelSpace, Sample
 
 log = logging.getLogger(__name__)
@@ -109,7 +117,10 @@ class ManifestDataset(Dataset):
         if "image" in self.modalities and "image" in sample.media:
             out["image"] = np.stack([self._image(p) for p in sample.media["image"]])
         if "audio" in self.modalities and "audio" in sample.media:
-            waves = [read_audio(p, sample_rate=self.pre.sample_rate, limits=lim) for p in sample.media["audio"]]
+            waves = [
+                read_audio(p, sample_rate=self.pre.sample_rate, limits=lim)
+                for p in sample.media["audio"]
+            ]
             out["audio"] = np.concatenate(waves)
         return out
 
@@ -169,7 +180,9 @@ class Collate:
         num_classes: Width of multi-hot labels; ``None`` for single-label data.
     """
 
-    def __init__(self, modalities: tuple[str, ...], preprocess: Preprocess, num_classes: int | None) -> None:
+    def __init__(
+        self, modalities: tuple[str, ...], preprocess: Preprocess, num_classes: int | None
+    ) -> None:
         self.modalities = modalities
         self.pre = preprocess
         self.num_classes = num_classes

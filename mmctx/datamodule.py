@@ -92,9 +92,17 @@ class MultimodalDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.strict = strict
         self.preprocess = Preprocess(
-            image_size, image_channels, sample_rate, Limits(max_image_pixels, max_audio_seconds, max_text_chars)
+            image_size,
+            image_channels,
+            sample_rate,
+            Limits(max_image_pixels, max_audio_seconds, max_text_chars),
         )
         self.skipped: list[str] = []
+
+    def use_generated(self, paths: dict[str, Path]) -> None:
+        """Read train/val/test from generated manifests; predict on test unless told otherwise."""
+        self.manifests.update({split: str(paths[split]) for split in ("train", "val", "test")})
+        self.manifests["predict"] = self.manifests["predict"] or self.manifests["test"]
 
     @cached_property
     def _splits(self) -> dict[str, list[Sample]]:
@@ -114,14 +122,20 @@ class MultimodalDataModule(L.LightningDataModule):
         return Path(path).expanduser()
 
     def _hold_out(self, samples: list[Sample]) -> tuple[list[Sample], list[Sample]]:
-        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(self.split_seed))
+        order = torch.randperm(
+            len(samples), generator=torch.Generator().manual_seed(self.split_seed)
+        )
         n_val = max(1, round(len(samples) * self.val_fraction))
         val = set(order[:n_val].tolist())
-        return [s for i, s in enumerate(samples) if i not in val], [s for i, s in enumerate(samples) if i in val]
+        return [s for i, s in enumerate(samples) if i not in val], [
+            s for i, s in enumerate(samples) if i in val
+        ]
 
     @cached_property
     def label_space(self) -> LabelSpace:
-        labelled = [s.label for split in ("train", "val", "test") for s in self._splits.get(split, [])]
+        labelled = [
+            s.label for split in ("train", "val", "test") for s in self._splits.get(split, [])
+        ]
         return LabelSpace.infer(labelled, self.classes)
 
     @property
@@ -138,11 +152,17 @@ class MultimodalDataModule(L.LightningDataModule):
         if split not in self._splits:
             raise ValueError(f"no data for split '{split}': set data.{split}_manifest")
         samples = self._splits[split]
-        labels = None if split == "predict" and all(s.label is None for s in samples) else self.label_space
+        labels = (
+            None
+            if split == "predict" and all(s.label is None for s in samples)
+            else self.label_space
+        )
         return ManifestDataset(samples, labels, self.modalities, self.preprocess, self.strict)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        collate = Collate(self.modalities, self.preprocess, len(self.class_names) if self.multilabel else None)
+        collate = Collate(
+            self.modalities, self.preprocess, len(self.class_names) if self.multilabel else None
+        )
         return DataLoader(
             self.dataset(split),
             batch_size=self.batch_size,
@@ -167,7 +187,10 @@ class MultimodalDataModule(L.LightningDataModule):
 
 def default_cache_dir() -> Path:
     """Where generated data is kept: ``$MMCTX_CACHE`` or ``~/.cache/mmctx``."""
-    root = os.environ.get("MMCTX_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mmctx"
+    root = (
+        os.environ.get("MMCTX_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mmctx"
+    )
     return Path(root)
 
 
@@ -185,14 +208,18 @@ class DemoDataModule(MultimodalDataModule):
             the manifests are set by this class.
     """
 
-    def __init__(self, num_samples: int = 3000, seed: int = 0, cache_dir: str | None = None, **kwargs) -> None:
+    def __init__(
+        self, num_samples: int = 3000, seed: int = 0, cache_dir: str | None = None, **kwargs
+    ) -> None:
         from mmctx.demo_data import DemoSpec, make_demo_dataset
 
         super().__init__(**kwargs)
         spec = DemoSpec(num_samples=num_samples, seed=seed)
-        folder = Path(cache_dir) if cache_dir else default_cache_dir() / f"demo-n{num_samples}-s{seed}"
+        folder = (
+            Path(cache_dir) if cache_dir else default_cache_dir() / f"demo-n{num_samples}-s{seed}"
+        )
         paths = make_demo_dataset(folder, spec, progress=True)
-        self.manifests.update({split: str(paths[split]) for split in ("train", "val", "test")})
+        self.use_generated(paths)
         log.info("demo data in %s", folder)
 
 
@@ -228,4 +255,4 @@ class DigitsDataModule(MultimodalDataModule):
             test_speakers=test_speakers or ["theo"],
             seed=seed,
         )
-        self.manifests.update({split: str(paths[split]) for split in ("train", "val", "test")})
+        self.use_generated(paths)

@@ -22,7 +22,11 @@ SPLITS = ("train", "val", "test")
 
 def _images_by_digit(root: Path, seed: int) -> dict[str, dict[int, list[str]]]:
     """Handwritten images per split and digit (70/15/15 per digit, seeded)."""
-    rows = [json.loads(line) for line in (root / "digits" / "labels.jsonl").read_text().splitlines() if line.strip()]
+    rows = [
+        json.loads(line)
+        for line in (root / "digits" / "labels.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     by_digit: dict[int, list[str]] = defaultdict(list)
     for row in rows:
         by_digit[int(row["label"])].append(str(root / "digits" / row["file"]))
@@ -32,7 +36,11 @@ def _images_by_digit(root: Path, seed: int) -> dict[str, dict[int, list[str]]]:
         files = sorted(files)
         rng.shuffle(files)
         a, b = int(0.7 * len(files)), int(0.85 * len(files))
-        out["train"][digit], out["val"][digit], out["test"][digit] = files[:a], files[a:b], files[b:]
+        out["train"][digit], out["val"][digit], out["test"][digit] = (
+            files[:a],
+            files[a:b],
+            files[b:],
+        )
     return out
 
 
@@ -59,7 +67,9 @@ def make_digits_manifests(
     root = Path(root).resolve()
     recordings = sorted((root / "fsdd" / "recordings").glob("*.wav"))
     if not recordings or not (root / "digits" / "labels.jsonl").is_file():
-        raise FileNotFoundError(f"{root} does not hold fsdd/recordings/*.wav and digits/labels.jsonl")
+        raise FileNotFoundError(
+            f"{root} does not hold fsdd/recordings/*.wav and digits/labels.jsonl"
+        )
     overlap = set(val_speakers) & set(test_speakers)
     if overlap:
         raise ValueError(f"speakers {sorted(overlap)} are in both val_speakers and test_speakers")
@@ -71,8 +81,15 @@ def make_digits_manifests(
     for wav in recordings:
         digit_str, speaker, _take = wav.stem.split("_")
         digit = int(digit_str)
-        split = "val" if speaker in val_speakers else "test" if speaker in test_speakers else "train"
-        row = {"id": wav.stem, "audio": str(wav), "image": rng.choice(images[split][digit]), "label": digit}
+        split = (
+            "val" if speaker in val_speakers else "test" if speaker in test_speakers else "train"
+        )
+        row = {
+            "id": wav.stem,
+            "audio": str(wav),
+            "image": rng.choice(images[split][digit]),
+            "label": digit,
+        }
         if rng.random() < 0.5:
             row["text"] = f"an {'even' if digit % 2 == 0 else 'odd'} digit"
         rows[split].append(json.dumps(row))
@@ -91,14 +108,26 @@ def main(argv: Sequence[str]) -> int:
         description="Pair real spoken digits (FSDD) with handwritten digit images (UCI) into "
         "train/val/test manifests, held out by speaker and by image.",
     )
-    parser.add_argument("--root", default="../shared/data", help="folder holding fsdd/ and digits/ (default: %(default)s)")
+    parser.add_argument(
+        "--root",
+        default="../shared/data",
+        help="folder holding fsdd/ and digits/ (default: %(default)s)",
+    )
     parser.add_argument("--out", required=True, help="folder for train/val/test.jsonl")
-    parser.add_argument("--val-speakers", nargs="+", default=["nicolas"], help="speakers only in validation")
-    parser.add_argument("--test-speakers", nargs="+", default=["theo"], help="speakers only in test")
+    parser.add_argument(
+        "--val-speakers", nargs="+", default=["nicolas"], help="speakers only in validation"
+    )
+    parser.add_argument(
+        "--test-speakers", nargs="+", default=["theo"], help="speakers only in test"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the image split and pairing")
     args = parser.parse_args(argv)
     paths = make_digits_manifests(
-        args.root, args.out, val_speakers=args.val_speakers, test_speakers=args.test_speakers, seed=args.seed
+        args.root,
+        args.out,
+        val_speakers=args.val_speakers,
+        test_speakers=args.test_speakers,
+        seed=args.seed,
     )
     for split, path in paths.items():
         count = sum(1 for _ in open(path))

@@ -25,7 +25,9 @@ class FeatureSequence(NamedTuple):
     def check(self, name: str) -> FeatureSequence:
         """Raise a ValueError naming ``name`` when the two tensors disagree."""
         if self.features.dim() != 3:
-            raise ValueError(f"{name}: features must be (b, n, d), got shape {tuple(self.features.shape)}")
+            raise ValueError(
+                f"{name}: features must be (b, n, d), got shape {tuple(self.features.shape)}"
+            )
         if self.mask.shape != self.features.shape[:2] or self.mask.dtype.is_floating_point:
             raise ValueError(
                 f"{name}: mask must be a bool tensor of shape {tuple(self.features.shape[:2])}, "

@@ -36,7 +36,10 @@ class MultimodalFusion(nn.Module):
         self.modalities = sorted(in_dims)
         self.dim = dim
         self.proj = nn.ModuleDict(
-            {m: nn.Sequential(nn.Linear(in_dims[m], dim), nn.LayerNorm(dim)) for m in self.modalities}
+            {
+                m: nn.Sequential(nn.Linear(in_dims[m], dim), nn.LayerNorm(dim))
+                for m in self.modalities
+            }
         )
         self.type_embed = nn.ParameterDict(
             {m: nn.Parameter(torch.randn(dim) * 0.02) for m in self.modalities}
@@ -63,7 +66,9 @@ class MultimodalFusion(nn.Module):
             seq = features[m].check(m)
             n = seq.features.shape[1]
             x = self.proj[m](seq.features)  # (b, n_m, d)
-            parts.append(x + self.type_embed[m] + sinusoidal_positions(n, self.dim, x.device).to(x.dtype))
+            parts.append(
+                x + self.type_embed[m] + sinusoidal_positions(n, self.dim, x.device).to(x.dtype)
+            )
             masks.append(seq.mask)
         return FeatureSequence(torch.cat(parts, dim=1), torch.cat(masks, dim=1))
 

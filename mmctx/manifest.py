@@ -93,7 +93,9 @@ def parse_row(row: Any, line: int, root: Path) -> Sample:
     return sample
 
 
-def read_manifest(path: str | os.PathLike[str], *, strict: bool = False) -> tuple[list[Sample], list[str]]:
+def read_manifest(
+    path: str | os.PathLike[str], *, strict: bool = False
+) -> tuple[list[Sample], list[str]]:
     """Parse a manifest.
 
     Args:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -17,6 +18,24 @@ from mmctx.backbones import FusionBackbone
 from mmctx.encoders import ModalityEncoder
 from mmctx.features import FeatureSequence
 from mmctx.fusion import MultimodalFusion, masked_mean
+
+
+def save_config(module: L.LightningModule, objects: list[str]) -> None:
+    """``save_hyperparameters`` that keeps checkpoints free of pickled modules.
+
+    Built by the CLI, the hyperparameters are the config itself (``class_path`` and
+    ``init_args`` of every encoder), so a checkpoint rebuilds the whole model. Built in
+    plain Python, the ``objects`` arguments (modules, factories) are left out: they would
+    be pickled objects, and checkpoints are meant to load with ``weights_only=True``.
+    """
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+        from_config = _given_hyperparameters.get() is not None
+    except ImportError:  # pragma: no cover - a Lightning without the CLI hook
+        from_config = False
+    frame = inspect.currentframe().f_back  # the caller's __init__ holds the arguments
+    module.save_hyperparameters(ignore=None if from_config else objects, frame=frame)
 
 
 def _adamw(params: Any) -> torch.optim.Optimizer:
@@ -59,16 +78,22 @@ class MultimodalClassifier(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["encoders", "backbone"])
+        save_config(self, objects=["encoders", "backbone", "optimizer", "lr_scheduler"])
         for name, enc in encoders.items():
             if name != enc.modality:
-                raise ValueError(f"encoders[{name!r}] is a {type(enc).__name__} for {enc.modality!r}")
+                raise ValueError(
+                    f"encoders[{name!r}] is a {type(enc).__name__} for {enc.modality!r}"
+                )
         if len(class_names) < 2 and not multilabel:
             raise ValueError(f"need at least 2 classes, got class_names={class_names}")
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = MultimodalFusion({m: e.out_dim for m, e in encoders.items()}, backbone.dim)
         self.backbone = backbone
-        self.head = nn.Sequential(nn.LayerNorm(backbone.dim), nn.Dropout(dropout), nn.Linear(backbone.dim, len(class_names)))
+        self.head = nn.Sequential(
+            nn.LayerNorm(backbone.dim),
+            nn.Dropout(dropout),
+            nn.Linear(backbone.dim, len(class_names)),
+        )
         self.class_names = list(class_names)
         self.multilabel = multilabel
         self.optimizer_factory = optimizer
@@ -78,7 +103,9 @@ class MultimodalClassifier(L.LightningModule):
             if multilabel
             else {"task": "multiclass", "num_classes": len(class_names)}
         )
-        metrics = MetricCollection({"acc": Accuracy(**task), "f1": F1Score(average="macro", **task)})
+        metrics = MetricCollection(
+            {"acc": Accuracy(**task), "f1": F1Score(average="macro", **task)}
+        )
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
@@ -108,7 +135,13 @@ class MultimodalClassifier(L.LightningModule):
         loss = self._loss(logits, target)
         metrics.update(logits, target.long() if self.multilabel else target)
         bs = len(batch["ids"])
-        self.log(f"{stage}/loss", loss, batch_size=bs, prog_bar=stage != "test", sync_dist=stage != "train")
+        self.log(
+            f"{stage}/loss",
+            loss,
+            batch_size=bs,
+            prog_bar=stage != "test",
+            sync_dist=stage != "train",
+        )
         self.log_dict(metrics, batch_size=bs, prog_bar=True, on_epoch=True, on_step=False)
         return loss
 
@@ -132,12 +165,17 @@ class MultimodalClassifier(L.LightningModule):
         for row, sample_id in enumerate(batch["ids"]):
             p = probs[row].tolist()
             if self.multilabel:
-                label: Any = [c for c, q in zip(self.class_names, p) if q >= 0.5]
+                label: Any = [c for c, q in zip(self.class_names, p, strict=True) if q >= 0.5]
             else:
                 label = self.class_names[int(probs[row].argmax())]
             used = [m for m, flags in batch["present"].items() if bool(flags[row])]
             records.append(
-                {"id": sample_id, "label": label, "probs": dict(zip(self.class_names, p)), "modalities": used}
+                {
+                    "id": sample_id,
+                    "label": label,
+                    "probs": dict(zip(self.class_names, p, strict=True)),
+                    "modalities": used,
+                }
             )
         return records
 
@@ -147,4 +185,7 @@ class MultimodalClassifier(L.LightningModule):
             scheduler = self.scheduler_factory(optimizer)
         else:
             scheduler = warmup_cosine(optimizer, int(self.trainer.estimated_stepping_batches))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

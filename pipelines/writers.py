@@ -36,7 +36,9 @@ class JsonlPredictionWriter(BasePredictionWriter):
         self._fh = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in on_predict_end
         self.written = 0
 
-    def write_on_batch_end(self, trainer, pl_module, prediction: list[dict[str, Any]], *args: Any) -> None:
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction: list[dict[str, Any]], *args: Any
+    ) -> None:
         assert self._fh is not None, "on_predict_start opens the file"
         for record in prediction:
             self._fh.write(json.dumps(record) + "\n")

@@ -12,7 +12,7 @@ if [ ! -f "$VENV/.complete" ]; then
     echo "setup: creating $VENV (first run downloads torch and friends; several minutes)" >&2
     rm -rf "$VENV"
     "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q --upgrade pip "setuptools>=69" wheel
+    "$VENV/bin/python" -m pip install -q --upgrade pip "setuptools==81.0.0" "wheel==0.48.0"
     "$VENV/bin/python" -m pip install -q -r "$ROOT/constraints.txt"
     touch "$VENV/.complete"
 fi

@@ -25,8 +25,12 @@ def media_dir(tmp_path: Path) -> Path:
     """A folder with two images, two WAVs (8 kHz) and a text file."""
     rng = np.random.default_rng(0)
     for i in range(2):
-        cv2.imwrite(str(tmp_path / f"img{i}.png"), rng.integers(0, 255, (20, 24, 3), dtype=np.uint8))
-        sf.write(tmp_path / f"a{i}.wav", 0.1 * rng.standard_normal(800 * (i + 1)), 8000, subtype="PCM_16")
+        cv2.imwrite(
+            str(tmp_path / f"img{i}.png"), rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)
+        )
+        sf.write(
+            tmp_path / f"a{i}.wav", 0.1 * rng.standard_normal(800 * (i + 1)), 8000, subtype="PCM_16"
+        )
     (tmp_path / "doc.txt").write_text("a longer document about digits", encoding="utf-8")
     return tmp_path
 

@@ -40,7 +40,9 @@ def test_every_shipped_config_parses(config, capsys):
 
 
 def test_demo_data_command_writes_manifests(tmp_path, capsys):
-    assert main(["demo-data", "--out", str(tmp_path / "d"), "--num-samples", "30", "--seed", "3"]) == 0
+    assert (
+        main(["demo-data", "--out", str(tmp_path / "d"), "--num-samples", "30", "--seed", "3"]) == 0
+    )
     out = capsys.readouterr().out
     for split in ("train", "val", "test"):
         assert (tmp_path / "d" / f"{split}.jsonl").is_file() and f"{split}: " in out
@@ -49,9 +51,10 @@ def test_demo_data_command_writes_manifests(tmp_path, capsys):
 def _tiny_fit_args(tmp_path: Path) -> list[str]:
     return [
         "--config", DEMO,
-        "--data.num_samples", "300",
+        "--data.num_samples", "600",
+        "--data.batch_size", "32",
         "--data.cache_dir", str(tmp_path / "data"),
-        "--trainer.max_epochs", "6",
+        "--trainer.max_epochs", "5",
         "--trainer.enable_progress_bar", "false",
         "--predictions.path", str(tmp_path / "pred.jsonl"),
     ]  # fmt: skip
@@ -69,7 +72,7 @@ def test_fit_learns_then_validate_and_predict_from_the_checkpoint(tmp_path, monk
     metrics = (tmp_path / "runs" / "demo" / "logs" / "version_0" / "metrics.csv").read_text()
     val_acc = [float(row.split(",")[header.index("val/acc")]) for header in [metrics.splitlines()[0].split(",")]
                for row in metrics.splitlines()[1:] if row.split(",")[header.index("val/acc")]]  # fmt: skip
-    assert max(val_acc) > 0.3, f"val/acc never beat chance (0.1) clearly: {val_acc}"
+    assert max(val_acc) > 0.4, f"val/acc never beat chance (0.1) clearly: {val_acc}"
 
     main(["predict", *_tiny_fit_args(tmp_path), "--ckpt_path", str(best)])
     records = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]

@@ -20,7 +20,13 @@ def test_collate_pads_each_modality_and_flags_presence(media_dir):
     ds = _dataset(
         media_dir,
         [
-            {"id": "a", "text": "hello there", "image": ["img0.png", "img1.png"], "audio": ["a0.wav", "a1.wav"], "label": "y"},
+            {
+                "id": "a",
+                "text": "hello there",
+                "image": ["img0.png", "img1.png"],
+                "audio": ["a0.wav", "a1.wav"],
+                "label": "y",
+            },
             {"id": "b", "audio": "a0.wav", "label": "x"},
             {"id": "c", "text_path": "doc.txt", "image": "img1.png", "label": 1},
         ],
@@ -58,7 +64,10 @@ def test_undecodable_sample_is_carried_as_an_error_not_dropped(media_dir):
     (media_dir / "broken.wav").write_bytes(b"RIFF not really a wav file at all")
     ds = _dataset(
         media_dir,
-        [{"id": "good", "text": "fine", "label": "x"}, {"id": "bad", "audio": "broken.wav", "label": "y"}],
+        [
+            {"id": "good", "text": "fine", "label": "x"},
+            {"id": "bad", "audio": "broken.wav", "label": "y"},
+        ],
     )
     loaded = [ds[0], ds[1]]
     assert isinstance(loaded[1], SampleError)
@@ -81,7 +90,9 @@ def test_unknown_label_is_a_sample_error(media_dir):
 
 
 def test_multilabel_targets_are_multi_hot(media_dir):
-    samples, _ = read_manifest(write_manifest(media_dir / "m.jsonl", [{"id": "a", "text": "t", "label": ["x", "z"]}]))
+    samples, _ = read_manifest(
+        write_manifest(media_dir / "m.jsonl", [{"id": "a", "text": "t", "label": ["x", "z"]}])
+    )
     space = LabelSpace(["x", "y", "z"], multilabel=True)
     ds = ManifestDataset(samples, space, ("text",), PRE)
     batch = Collate(("text",), PRE, num_classes=3)([ds[0]])

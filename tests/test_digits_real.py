@@ -11,7 +11,9 @@ import pytest
 from mmctx.digits_data import make_digits_manifests
 from tests.conftest import SHARED_DATA
 
-pytestmark = pytest.mark.skipif(not (SHARED_DATA / "fsdd").is_dir(), reason=f"{SHARED_DATA} is absent")
+pytestmark = pytest.mark.skipif(
+    not (SHARED_DATA / "fsdd").is_dir(), reason=f"{SHARED_DATA} is absent"
+)
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "digits.yaml")
 
 
@@ -29,7 +31,11 @@ def test_split_holds_out_speakers_and_images(tmp_path):
     images = {s: {r["image"] for r in rs} for s, rs in rows.items()}
     assert not images["train"] & images["test"] and not images["train"] & images["val"]
     for r in rows["train"]:
-        assert Path(r["audio"]).stem.split("_")[0] == str(r["label"]) == Path(r["image"]).stem.split("_")[0]
+        assert (
+            Path(r["audio"]).stem.split("_")[0]
+            == str(r["label"])
+            == Path(r["image"]).stem.split("_")[0]
+        )
         assert str(r["label"]) not in r.get("text", "")
 
 

@@ -7,8 +7,12 @@ from mmctx.fusion import MultimodalFusion, masked_mean
 
 
 def _feats():
-    text = FeatureSequence(torch.randn(2, 3, 5), torch.tensor([[True, True, False], [False, False, False]]))
-    audio = FeatureSequence(torch.randn(2, 4, 7), torch.tensor([[True] * 4, [True, True, False, False]]))
+    text = FeatureSequence(
+        torch.randn(2, 3, 5), torch.tensor([[True, True, False], [False, False, False]])
+    )
+    audio = FeatureSequence(
+        torch.randn(2, 4, 7), torch.tensor([[True] * 4, [True, True, False, False]])
+    )
     return {"text": text, "audio": audio}
 
 
@@ -39,7 +43,9 @@ def test_masked_mean_ignores_padding():
 
 @pytest.mark.parametrize("grad_checkpointing", [False, True])
 def test_backbone_ignores_masked_positions(grad_checkpointing):
-    backbone = TransformerBackbone(dim=8, depth=2, heads=2, dropout=0.0, grad_checkpointing=grad_checkpointing)
+    backbone = TransformerBackbone(
+        dim=8, depth=2, heads=2, dropout=0.0, grad_checkpointing=grad_checkpointing
+    )
     x = torch.randn(1, 6, 8, requires_grad=True)
     mask = torch.tensor([[True, True, True, True, False, False]])
     out = backbone(FeatureSequence(x, mask))

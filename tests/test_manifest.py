@@ -10,7 +10,13 @@ def test_rows_resolve_paths_and_keep_absent_modalities(media_dir):
     path = write_manifest(
         media_dir / "m.jsonl",
         [
-            {"id": "a", "text": "hi", "image": "img0.png", "audio": ["a0.wav", "a1.wav"], "label": "x"},
+            {
+                "id": "a",
+                "text": "hi",
+                "image": "img0.png",
+                "audio": ["a0.wav", "a1.wav"],
+                "label": "x",
+            },
             {"id": "b", "text_path": "doc.txt", "label": "y"},
             "",
             {"image": ["img0.png", "img1.png"], "label": "x"},
@@ -60,7 +66,10 @@ def test_strict_stops_at_first_bad_row(media_dir):
 
 
 def test_line_separator_inside_a_json_string_is_not_a_line_break(media_dir):
-    path = write_manifest(media_dir / "m.jsonl", [json.dumps({"id": "a", "text": "one\u2028two\x85three"}, ensure_ascii=False)])
+    path = write_manifest(
+        media_dir / "m.jsonl",
+        [json.dumps({"id": "a", "text": "one\u2028two\x85three"}, ensure_ascii=False)],
+    )
     samples, problems = read_manifest(path)
     assert problems == [] and samples[0].text == "one\u2028two\x85three"
 

@@ -7,7 +7,10 @@ from mmctx.encoders import AudioRNNEncoder, ImageCNNEncoder, ModalityEncoder, Te
 
 
 def text_batch():
-    return {"text": ["one two three", "", "four five six seven eight"], "present": torch.tensor([True, False, True])}
+    return {
+        "text": ["one two three", "", "four five six seven eight"],
+        "present": torch.tensor([True, False, True]),
+    }
 
 
 def image_batch():
@@ -25,7 +28,10 @@ def audio_batch():
 TINY = {
     "text": (lambda: TextTransformerEncoder(dim=16, depth=1, heads=2, vocab_size=64), text_batch),
     "image": (lambda: ImageCNNEncoder(out_dim=16, in_channels=1, width=4), image_batch),
-    "audio": (lambda: AudioRNNEncoder(sample_rate=8000, n_mels=16, hidden_dim=8, num_layers=1), audio_batch),
+    "audio": (
+        lambda: AudioRNNEncoder(sample_rate=8000, n_mels=16, hidden_dim=8, num_layers=1),
+        audio_batch,
+    ),
 }
 
 
@@ -52,12 +58,20 @@ def test_image_positions_follow_the_feature_map():
 
 
 def test_audio_mask_follows_length_and_padding_does_not_leak():
-    enc = AudioRNNEncoder(sample_rate=8000, n_mels=16, hop_ms=10, subsample=2, hidden_dim=8, num_layers=1).eval()
+    enc = AudioRNNEncoder(
+        sample_rate=8000, n_mels=16, hop_ms=10, subsample=2, hidden_dim=8, num_layers=1
+    ).eval()
     batch = audio_batch()
     seq = enc(batch)
     # 3000 samples, window 200, hop 80: (3000 - 100) // 80 + 1 = 37 frames -> 19 steps of 2
     assert seq.mask[2].sum() == 19 and seq.mask[0].sum() == 50
-    alone = enc({"waveform": batch["waveform"][2:, :3000], "lengths": batch["lengths"][2:], "sample_rate": 8000})
+    alone = enc(
+        {
+            "waveform": batch["waveform"][2:, :3000],
+            "lengths": batch["lengths"][2:],
+            "sample_rate": 8000,
+        }
+    )
     torch.testing.assert_close(alone.features[0, :19], seq.features[2, :19], atol=1e-5, rtol=1e-4)
 
 
@@ -69,7 +83,12 @@ def test_audio_rejects_a_different_sample_rate():
 
 def test_text_padding_does_not_change_a_sample():
     enc = TextTransformerEncoder(dim=16, depth=1, heads=2, vocab_size=64, dropout=0.0).eval()
-    both = enc({"text": ["short one", "a much longer text than the other"], "present": torch.tensor([True, True])})
+    both = enc(
+        {
+            "text": ["short one", "a much longer text than the other"],
+            "present": torch.tensor([True, True]),
+        }
+    )
     alone = enc({"text": ["short one"], "present": torch.tensor([True])})
     torch.testing.assert_close(alone.features[0], both.features[0, :2], atol=1e-5, rtol=1e-4)
 
@@ -81,7 +100,12 @@ def test_image_channel_mismatch_is_explained():
 
 def test_torchvision_backbone_by_name():
     enc = ImageCNNEncoder(out_dim=8, in_channels=1, arch="resnet18")
-    seq = enc({"pixels": torch.zeros(1, 1, 1, 64, 64, dtype=torch.uint8), "mask": torch.ones(1, 1, dtype=torch.bool)})
+    seq = enc(
+        {
+            "pixels": torch.zeros(1, 1, 1, 64, 64, dtype=torch.uint8),
+            "mask": torch.ones(1, 1, dtype=torch.bool),
+        }
+    )
     assert seq.features.shape == (1, 4, 8)  # resnet stride 32: 64 -> 2x2
     with pytest.raises(ValueError, match="arch='nope'"):
         ImageCNNEncoder(arch="nope")
@@ -94,7 +118,13 @@ def test_hf_text_model_from_a_local_folder_offline(tmp_path, monkeypatch):
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "one", "two", "three"]
     (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
     BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path / "tiny")
-    config = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    config = BertConfig(
+        vocab_size=len(words),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
     BertModel(config).save_pretrained(tmp_path / "tiny")
     enc = TextTransformerEncoder(pretrained=str(tmp_path / "tiny"), freeze=True)
     seq = enc(text_batch())

@@ -11,22 +11,35 @@ def _model(multilabel=False):
         "text": TextTransformerEncoder(dim=16, depth=1, heads=2, vocab_size=128),
         "audio": AudioRNNEncoder(sample_rate=8000, n_mels=16, hidden_dim=8, num_layers=1),
     }
-    return MultimodalClassifier(encoders, TransformerBackbone(dim=16, depth=1, heads=2), ["a", "b", "c"], multilabel)
+    return MultimodalClassifier(
+        encoders, TransformerBackbone(dim=16, depth=1, heads=2), ["a", "b", "c"], multilabel
+    )
 
 
 def _batch(multilabel=False):
     texts = ["alpha word", "beta word", "gamma word", "alpha again"]
     wave = torch.randn(4, 1600) * 0.1
-    label = torch.tensor([[1, 0, 0], [0, 1, 1], [0, 0, 1], [1, 0, 0]], dtype=torch.float) if multilabel else torch.tensor([0, 1, 2, 0])
+    label = (
+        torch.tensor([[1, 0, 0], [0, 1, 1], [0, 0, 1], [1, 0, 0]], dtype=torch.float)
+        if multilabel
+        else torch.tensor([0, 1, 2, 0])
+    )
     return {
         "ids": list("wxyz"),
         "lines": [1, 2, 3, 4],
         "errors": [],
         "inputs": {
             "text": {"text": texts, "present": torch.ones(4, dtype=torch.bool)},
-            "audio": {"waveform": wave, "lengths": torch.tensor([1600, 1600, 0, 800]), "sample_rate": 8000},
+            "audio": {
+                "waveform": wave,
+                "lengths": torch.tensor([1600, 1600, 0, 800]),
+                "sample_rate": 8000,
+            },
         },
-        "present": {"text": torch.ones(4, dtype=torch.bool), "audio": torch.tensor([True, True, False, True])},
+        "present": {
+            "text": torch.ones(4, dtype=torch.bool),
+            "audio": torch.tensor([True, True, False, True]),
+        },
         "label": label,
     }
 
@@ -65,7 +78,22 @@ def test_batch_of_only_failed_samples_is_counted_and_skipped():
 
 
 def test_constructor_errors():
-    with pytest.raises(ValueError, match="encoders\\['image'\\] is a TextTransformerEncoder for 'text'"):
-        MultimodalClassifier({"image": TextTransformerEncoder(dim=16, heads=2)}, TransformerBackbone(dim=16, heads=2), ["a", "b"])
+    with pytest.raises(
+        ValueError, match="encoders\\['image'\\] is a TextTransformerEncoder for 'text'"
+    ):
+        MultimodalClassifier(
+            {"image": TextTransformerEncoder(dim=16, heads=2)},
+            TransformerBackbone(dim=16, heads=2),
+            ["a", "b"],
+        )
     with pytest.raises(ValueError, match="at least 2 classes"):
-        MultimodalClassifier({"text": TextTransformerEncoder(dim=16, heads=2)}, TransformerBackbone(dim=16, heads=2), ["a"])
+        MultimodalClassifier(
+            {"text": TextTransformerEncoder(dim=16, heads=2)},
+            TransformerBackbone(dim=16, heads=2),
+            ["a"],
+        )
+
+
+def test_plain_python_hparams_hold_no_objects():
+    model = _model()
+    assert set(model.hparams) == {"class_names", "multilabel", "dropout"}
