@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from mmctx.cli import lightning_cli
@@ -30,7 +31,7 @@ def run_subset(config: dict, modalities: list[str], workdir: Path, extra: list[s
     cfg["trainer"]["default_root_dir"] = str(workdir)
     cfg["trainer"]["logger"] = False
     cfg["trainer"]["enable_progress_bar"] = False
-    path = workdir / "config.yaml"
+    path = workdir / "subset.yaml"
     path.write_text(yaml.safe_dump(cfg))
     start = time.perf_counter()
     cli = lightning_cli(["--config", str(path), *extra], run=False)
@@ -82,12 +83,18 @@ def main() -> None:
             f"| {' + '.join(r['modalities'])} | {r['val_acc']:.3f} | {r['test_acc']:.3f} | {r['fit_seconds']:.0f} s |"
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(
-        json.dumps(
-            {"config": args.config, "overrides": [*args.overrides, *unknown], "rows": rows},
-            indent=2,
-        )
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU, {torch.get_num_threads()} threads"
     )
+    result = {
+        "config": args.config,
+        "overrides": [*args.overrides, *unknown],
+        "device": device,
+        "rows": rows,
+    }
+    Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
 
 

@@ -35,6 +35,7 @@ class AudioRNNEncoder(ModalityEncoder):
         num_layers: Stacked RNN layers.
         rnn: ``"gru"`` or ``"lstm"``.
         dropout: Dropout between RNN layers.
+        max_seconds: Read only the first ``max_seconds`` of each clip (None: all of it).
     """
 
     modality = "audio"
@@ -50,6 +51,7 @@ class AudioRNNEncoder(ModalityEncoder):
         num_layers: int = 2,
         rnn: str = "gru",
         dropout: float = 0.0,
+        max_seconds: float | None = None,
     ) -> None:
         super().__init__()
         if rnn not in ("gru", "lstm"):
@@ -57,6 +59,7 @@ class AudioRNNEncoder(ModalityEncoder):
         if hidden_dim <= 0 or subsample <= 0:
             raise ValueError(f"hidden_dim and subsample must be > 0, got {hidden_dim}, {subsample}")
         self.sample_rate = sample_rate
+        self.max_samples = None if max_seconds is None else max(1, int(max_seconds * sample_rate))
         self.hop = max(1, round(sample_rate * hop_ms / 1000))
         win = max(2, round(sample_rate * win_ms / 1000))
         self.half_window = win // 2
@@ -98,7 +101,10 @@ class AudioRNNEncoder(ModalityEncoder):
                 f"AudioRNNEncoder(sample_rate={self.sample_rate}) got audio at "
                 f"{batch['sample_rate']} Hz; set the data's sample_rate and the encoder's alike"
             )
-        frames, valid = self.log_mel(batch["waveform"], batch["lengths"])
+        waveform, lengths = batch["waveform"], batch["lengths"]
+        if self.max_samples is not None:
+            waveform, lengths = waveform[:, : self.max_samples], lengths.clamp(max=self.max_samples)
+        frames, valid = self.log_mel(waveform, lengths)
         b, t, m = frames.shape
         pad = (-t) % self.subsample
         frames = nn.functional.pad(frames, (0, 0, 0, pad))

@@ -6,8 +6,12 @@ Output: ``(b, n, out_dim)`` token features; absent samples are fully masked.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmctx.features import FeatureSequence
@@ -32,7 +36,12 @@ class TextTransformerEncoder(ModalityEncoder):
         depth: Transformer layers of the built-in model.
         heads: Attention heads of the built-in model.
         vocab_size: Hash buckets of the built-in tokenizer.
-        max_tokens: Texts are cut to this many tokens.
+        max_tokens: Texts are cut to this many tokens in all.
+        window: Most tokens the model reads at once (default: ``max_tokens`` for the
+            built-in model, the position limit for a pretrained one). Longer texts are read
+            in overlapping windows and stitched back into one sequence, one position per
+            token (see :func:`encode_in_windows`).
+        stride: Step between windows (default: 3/4 of ``window``).
         dropout: Dropout inside the built-in model.
         pretrained: Local path or cached name of a Hugging Face model.
         freeze: Keep the pretrained weights fixed.
@@ -47,6 +56,8 @@ class TextTransformerEncoder(ModalityEncoder):
         heads: int = 4,
         vocab_size: int = 8192,
         max_tokens: int = 512,
+        window: int | None = None,
+        stride: int | None = None,
         dropout: float = 0.1,
         pretrained: str | None = None,
         freeze: bool = False,
@@ -56,7 +67,18 @@ class TextTransformerEncoder(ModalityEncoder):
         self.hf_model: nn.Module | None = None
         if pretrained is not None:
             self._load_pretrained(pretrained, freeze)
-            return
+            limit = getattr(self.hf_model.config, "max_position_embeddings", max_tokens + 2) - 2
+        else:
+            self._build(dim, depth, heads, vocab_size, max_tokens, dropout)
+            limit = max_tokens
+        self.window = window or min(limit, max_tokens)
+        self.stride = stride or max(1, self.window * 3 // 4)
+        if not 0 < self.stride <= self.window:
+            raise ValueError(f"stride must be in 1..window ({self.window}), got {stride}")
+
+    def _build(
+        self, dim: int, depth: int, heads: int, vocab_size: int, max_tokens: int, dropout: float
+    ) -> None:
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         self.tokenizer = HashTokenizer(vocab_size, max_tokens)
@@ -85,22 +107,84 @@ class TextTransformerEncoder(ModalityEncoder):
 
     def forward(self, batch: dict[str, Any]) -> FeatureSequence:
         texts, present = batch["text"], batch["present"]
-        if self.hf_model is not None:
-            return self._forward_pretrained(texts, present)
-        ids, mask = self.tokenizer.batch(texts)  # (b, n)
+        ids, mask = self._tokenize(texts)  # (b, n), no special tokens
         ids, mask = ids.to(present.device), mask.to(present.device) & present[:, None]
+        features = encode_in_windows(self._encode_window, ids, mask, self.window, self.stride)
+        return FeatureSequence(features, mask)
+
+    def _tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        if self.hf_model is None:
+            return self.tokenizer.batch(texts)
+        enc = self.tokenizer(
+            texts,
+            add_special_tokens=False,
+            truncation=True,
+            max_length=self.max_tokens,
+            padding=True,
+            return_tensors="pt",
+        )
+        return enc["input_ids"], enc["attention_mask"].bool()
+
+    def _encode_window(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """Features ``(b, n, out_dim)`` of token windows no longer than the model's limit."""
+        if self.hf_model is not None:
+            return self._encode_window_pretrained(ids, mask)
         x = self.embed(ids) + sinusoidal_positions(ids.shape[1], self.out_dim, ids.device)
-        # A sample with no tokens would give NaN in attention; let it see its padding
+        # A row with no tokens would give NaN in attention; let it see its padding
         # (its output is masked out anyway).
         attend = mask.clone()
         attend[~mask.any(1), 0] = True
-        x = self.transformer(x, src_key_padding_mask=~attend)  # (b, n, d)
-        return FeatureSequence(self.norm(x), mask)
+        return self.norm(self.transformer(x, src_key_padding_mask=~attend))
 
-    def _forward_pretrained(self, texts: list[str], present: Tensor) -> FeatureSequence:
-        enc = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
-        ).to(present.device)
-        out = self.hf_model(**enc).last_hidden_state  # (b, n, hidden)
-        mask = enc["attention_mask"].bool() & present[:, None]
-        return FeatureSequence(out, mask)
+    def _encode_window_pretrained(self, ids: Tensor, mask: Tensor) -> Tensor:
+        tok = self.tokenizer
+        first = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
+        last = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+        b, n = ids.shape
+        pad = tok.pad_token_id or 0
+        full = torch.full((b, n + 2), pad, dtype=ids.dtype, device=ids.device)
+        full[:, 1 : n + 1] = torch.where(mask, ids, pad)
+        full[:, 0] = first if first is not None else pad
+        ends = mask.sum(1) + 1  # (b,) where the closing token goes
+        full[torch.arange(b, device=ids.device), ends] = last if last is not None else pad
+        attention = torch.arange(n + 2, device=ids.device)[None] <= ends[:, None]
+        out = self.hf_model(input_ids=full, attention_mask=attention.long()).last_hidden_state
+        return out[:, 1 : n + 1]  # drop the special positions
+
+
+def encode_in_windows(
+    encode: Callable[[Tensor, Tensor], Tensor], ids: Tensor, mask: Tensor, window: int, stride: int
+) -> Tensor:
+    """Run ``encode`` on overlapping windows and stitch one feature per token back together.
+
+    Window ``k`` covers tokens ``[k * stride, k * stride + window)``. Each token takes its
+    features from the window where it sits farthest from an edge that has context cut off:
+    with overlap ``o = window - stride``, window ``k`` supplies tokens from
+    ``k * stride + o // 2`` on. No position is duplicated or dropped.
+
+    Args:
+        encode: Maps ``(b', window)`` ids and mask to ``(b', window, d)`` features.
+        ids: ``(b, n)`` token ids.
+        mask: ``(b, n)`` bool, True for real tokens.
+        window: Longest input ``encode`` accepts.
+        stride: Step between window starts, ``0 < stride <= window``.
+
+    Returns:
+        ``(b, n, d)`` features.
+    """
+    b, n = ids.shape
+    if n <= window:
+        return encode(ids, mask)
+    count = math.ceil((n - window) / stride) + 1
+    total = (count - 1) * stride + window
+    ids, mask = F.pad(ids, (0, total - n)), F.pad(mask, (0, total - n), value=False)
+    index = (torch.arange(count, device=ids.device) * stride)[:, None] + torch.arange(
+        window, device=ids.device
+    )
+    out = encode(
+        ids[:, index].reshape(b * count, window), mask[:, index].reshape(b * count, window)
+    )
+    out = out.view(b, count, window, -1)  # (b, windows, window, d)
+    t = torch.arange(n, device=ids.device)
+    owner = torch.div(t - (window - stride) // 2, stride, rounding_mode="floor").clamp(0, count - 1)
+    return out[:, owner, t - owner * stride]  # (b, n, d)

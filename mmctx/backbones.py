@@ -1,45 +1,136 @@
 """Fusion backbones: Transformer stacks over the fused multimodal sequence.
 
 A backbone maps a ``FeatureSequence`` ``(b, n, d)`` to another of the same shape and
-mask. The attention mechanism is its own small module, so long-context variants swap
-only that part.
+mask. Each long-context mechanism is its own small piece, composed by choosing a class:
 
-Shape legend: b = batch, h = heads, n = positions, d = model width, e = head width.
+- :class:`TransformerBackbone`: dense attention (torch SDPA), quadratic in ``n``.
+- :class:`SlidingWindowBackbone`: Longformer-style local attention within ``window``
+  positions plus global tokens that see and are seen by all; linear in ``n``.
+- :class:`SegmentMemoryBackbone`: Transformer-XL-style recurrence: the sequence is read in
+  segments, each attending to itself and to a cache of the previous segment's hidden
+  states (gradient stopped through the cache); memory bounded by the segment length.
+
+All use rotary positions inside attention (relative: lengths never seen in training
+work) and can recompute blocks in the backward pass (``grad_checkpointing``).
+
+Shape legend: b = batch, h = heads, n = positions, m = memory positions, d = model
+width, e = head width.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from mmctx.attention import sliding_window_attention
 from mmctx.features import FeatureSequence
+from mmctx.positions import apply_rotary
 
 
-class DenseAttention(nn.Module):
-    """Full multi-head self-attention with a key padding mask (torch SDPA kernels)."""
+class _SelfAttention(nn.Module):
+    """Shared projections of the attention variants; subclasses implement ``attend``."""
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, heads: int, rotary: bool = True) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         self.heads = heads
+        self.rotary = rotary
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
+
+    def split(self, x: Tensor, parts: slice = slice(0, 3)) -> list[Tensor]:
+        """Project ``(b, n, d)`` to the chosen ones of q, k, v, each ``(b, h, n, e)``."""
+        b, n, d = x.shape
+        idx = range(3)[parts]
+        w = self.qkv.weight.view(3, d, d)[parts].reshape(-1, d)
+        bias = self.qkv.bias.view(3, d)[parts].reshape(-1)
+        proj = F.linear(x, w, bias).view(b, n, len(idx), self.heads, d // self.heads)
+        return list(proj.permute(2, 0, 3, 1, 4).unbind(0))
+
+    def merge(self, y: Tensor) -> Tensor:
+        b, h, n, e = y.shape
+        return self.out(y.transpose(1, 2).reshape(b, n, h * e))  # (b, h, n, e) -> (b, n, d)
+
+    def rotate(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """Rotary positions; queries are the last ``n_q`` of the ``n_k`` key positions."""
+        if not self.rotary:
+            return q, k
+        n_q, n_k = q.shape[2], k.shape[2]
+        pos = torch.arange(n_k, device=q.device)
+        return apply_rotary(q, pos[n_k - n_q :]), apply_rotary(k, pos)
+
+
+class DenseAttention(_SelfAttention):
+    """Full multi-head attention (torch SDPA), optionally also over a memory of past states.
+
+    Args:
+        dim: Model width.
+        heads: Attention heads.
+        dropout: Dropout on the attention weights.
+        rotary: Rotary positions on queries and keys.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, rotary: bool = True) -> None:
+        super().__init__(dim, heads, rotary)
         self.dropout = dropout
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        # q, k, v: (b, h, n, e); the mask lets each query see the valid keys only
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor,
+        memory: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        **_: Any,
+    ) -> Tensor:
+        q, k, v = self.split(x)  # (b, h, n, e)
+        keep = mask
+        if memory is not None:
+            k_mem, v_mem = self.split(memory, slice(1, 3))  # (b, h, m, e)
+            k, v = torch.cat((k_mem, k), dim=2), torch.cat((v_mem, v), dim=2)
+            keep = torch.cat((memory_mask, mask), dim=1)  # (b, m + n)
+        q, k = self.rotate(q, k)
+        # A row with no valid key at all (pure padding) would give NaN; let it read anything,
+        # its output is masked downstream.
+        keep = keep | ~keep.any(1, keepdim=True)
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
-            attn_mask=mask[:, None, None, :],
+            attn_mask=keep[:, None, None, :],
             dropout_p=self.dropout if self.training else 0.0,
-        )  # (b, h, n, e)
-        return self.out(y.transpose(1, 2).reshape(b, n, d))
+        )
+        return self.merge(y)
+
+
+class SlidingWindowAttention(_SelfAttention):
+    """Longformer-style attention: ``|i - j| <= window`` plus global tokens (no dropout).
+
+    Args:
+        dim: Model width.
+        heads: Attention heads.
+        window: One-sided window: position i sees positions i - window .. i + window.
+        rotary: Rotary positions on queries and keys.
+    """
+
+    def __init__(self, dim: int, heads: int, window: int, rotary: bool = True) -> None:
+        super().__init__(dim, heads, rotary)
+        if window < 0:
+            raise ValueError(f"window must be >= 0, got {window}")
+        self.window = window
+
+    def forward(self, x: Tensor, mask: Tensor, globals: Tensor | None = None, **_: Any) -> Tensor:
+        q, k, v = self.split(x)  # (b, h, n, e)
+        q, k = self.rotate(q, k)
+        y = sliding_window_attention(
+            q, k, v, self.window, key_padding_mask=~mask, global_mask=globals
+        )
+        return self.merge(y)
 
 
 class TransformerBlock(nn.Module):
@@ -56,22 +147,59 @@ class TransformerBlock(nn.Module):
         )
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), mask))
+    def forward(
+        self, x: Tensor, mask: Tensor, memory: Tensor | None = None, **kwargs: Any
+    ) -> Tensor:
+        if memory is not None:
+            memory = self.norm1(memory)
+        x = x + self.drop(self.attn(self.norm1(x), mask, memory=memory, **kwargs))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
 class FusionBackbone(nn.Module):
-    """Base of every backbone: ``dim`` is the width the fusion projects to."""
+    """A stack of Transformer blocks; subclasses choose the attention.
 
-    dim: int
+    Attributes:
+        dim: The width the fusion projects to.
+        global_tokens: Whether the fusion should add a global summary token per modality
+            (only long-context attention makes use of them).
+    """
 
-    def forward(self, seq: FeatureSequence) -> FeatureSequence:  # pragma: no cover - abstract
-        raise NotImplementedError
+    global_tokens: bool = False
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        mlp_ratio: float,
+        dropout: float,
+        grad_checkpointing: bool,
+        make_attention: Callable[[], nn.Module],
+    ) -> None:
+        super().__init__()
+        if depth < 0:
+            raise ValueError(f"depth must be >= 0, got {depth}")
+        self.dim = dim
+        self.blocks = nn.ModuleList(
+            TransformerBlock(make_attention(), dim, mlp_ratio, dropout) for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.grad_checkpointing = grad_checkpointing
+
+    def run_block(self, block: nn.Module, x: Tensor, mask: Tensor, **kwargs: Any) -> Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, mask, use_reentrant=False, **kwargs)
+        return block(x, mask, **kwargs)
+
+    def forward(self, seq: FeatureSequence) -> FeatureSequence:
+        x = seq.features
+        for block in self.blocks:
+            x = self.run_block(block, x, seq.mask, globals=seq.globals)
+        return FeatureSequence(self.norm(x), seq.mask, seq.globals)
 
 
 class TransformerBackbone(FusionBackbone):
-    """Dense Transformer over the whole fused sequence; quadratic in its length.
+    """Dense attention over the whole fused sequence; time and memory quadratic in its length.
 
     Args:
         dim: Model width.
@@ -79,6 +207,7 @@ class TransformerBackbone(FusionBackbone):
         heads: Attention heads.
         mlp_ratio: MLP hidden width as a multiple of ``dim``.
         dropout: Dropout on attention weights and residual branches.
+        rotary: Rotary positions inside attention.
         grad_checkpointing: Recompute each block in the backward pass to save memory.
     """
 
@@ -89,24 +218,118 @@ class TransformerBackbone(FusionBackbone):
         heads: int = 4,
         mlp_ratio: float = 4.0,
         dropout: float = 0.1,
+        rotary: bool = True,
         grad_checkpointing: bool = False,
     ) -> None:
-        super().__init__()
-        if depth < 0:
-            raise ValueError(f"depth must be >= 0, got {depth}")
-        self.dim = dim
-        self.blocks = nn.ModuleList(
-            TransformerBlock(DenseAttention(dim, heads, dropout), dim, mlp_ratio, dropout)
-            for _ in range(depth)
+        super().__init__(
+            dim,
+            depth,
+            mlp_ratio,
+            dropout,
+            grad_checkpointing,
+            lambda: DenseAttention(dim, heads, dropout, rotary),
         )
-        self.norm = nn.LayerNorm(dim)
-        self.grad_checkpointing = grad_checkpointing
+
+
+class SlidingWindowBackbone(FusionBackbone):
+    """Longformer-style: local attention within ``window`` plus global summary tokens.
+
+    Time and memory grow linearly with the sequence length. The fusion adds one global
+    token per modality besides its overall summary token.
+
+    Args:
+        dim: Model width.
+        depth: Number of blocks.
+        heads: Attention heads.
+        window: One-sided attention window (positions i - window .. i + window).
+        mlp_ratio: MLP hidden width as a multiple of ``dim``.
+        dropout: Dropout on residual branches.
+        rotary: Rotary positions inside attention.
+        grad_checkpointing: Recompute each block in the backward pass to save memory.
+    """
+
+    global_tokens = True
+
+    def __init__(
+        self,
+        dim: int = 128,
+        depth: int = 2,
+        heads: int = 4,
+        window: int = 256,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.1,
+        rotary: bool = True,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__(
+            dim,
+            depth,
+            mlp_ratio,
+            dropout,
+            grad_checkpointing,
+            lambda: SlidingWindowAttention(dim, heads, window, rotary),
+        )
+
+
+class SegmentMemoryBackbone(FusionBackbone):
+    """Transformer-XL-style segment recurrence over a sequence of any length.
+
+    The sequence is read ``segment`` positions at a time; in every layer a segment
+    attends to itself and to the last ``memory`` hidden states that entered that layer
+    for the previous segment (detached: no gradient flows into the past). With
+    ``segment >= n`` it is exactly dense attention.
+
+    Args:
+        dim: Model width.
+        depth: Number of blocks.
+        heads: Attention heads.
+        segment: Positions per segment.
+        memory: Cached positions per layer (default: ``segment``).
+        mlp_ratio: MLP hidden width as a multiple of ``dim``.
+        dropout: Dropout on attention weights and residual branches.
+        rotary: Rotary positions inside attention.
+        grad_checkpointing: Recompute each block in the backward pass to save memory.
+    """
+
+    def __init__(
+        self,
+        dim: int = 128,
+        depth: int = 2,
+        heads: int = 4,
+        segment: int = 512,
+        memory: int | None = None,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.1,
+        rotary: bool = True,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        if segment <= 0:
+            raise ValueError(f"segment must be > 0, got {segment}")
+        if memory is not None and memory < 0:
+            raise ValueError(f"memory must be >= 0, got {memory}")
+        super().__init__(
+            dim,
+            depth,
+            mlp_ratio,
+            dropout,
+            grad_checkpointing,
+            lambda: DenseAttention(dim, heads, dropout, rotary),
+        )
+        self.segment = segment
+        self.memory = segment if memory is None else memory
 
     def forward(self, seq: FeatureSequence) -> FeatureSequence:
-        x, mask = seq
-        for block in self.blocks:
-            if self.grad_checkpointing and self.training:
-                x = checkpoint(block, x, mask, use_reentrant=False)
-            else:
-                x = block(x, mask)
-        return FeatureSequence(self.norm(x), mask)
+        outputs = []
+        cache: list[Tensor | None] = [None] * len(self.blocks)
+        cache_mask: Tensor | None = None
+        for start in range(0, seq.features.shape[1], self.segment):
+            h = seq.features[:, start : start + self.segment]  # (b, s, d)
+            mask = seq.mask[:, start : start + self.segment]
+            new_cache = []
+            for i, block in enumerate(self.blocks):
+                new_cache.append(h.detach()[:, h.shape[1] - self.memory :] if self.memory else None)
+                h = self.run_block(block, h, mask, memory=cache[i], memory_mask=cache_mask)
+            cache = new_cache
+            cache_mask = mask[:, mask.shape[1] - self.memory :] if self.memory else None
+            outputs.append(h)
+        return FeatureSequence(self.norm(torch.cat(outputs, dim=1)), seq.mask, seq.globals)

@@ -17,7 +17,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from mmctx.data import MODALITIES, Collate, ManifestDataset, Preprocess
+from mmctx.batching import TokenBudgetBatchSampler
+from mmctx.data import MODALITIES, Collate, ManifestDataset, Preprocess, estimate_length
 from mmctx.io import Limits
 from mmctx.manifest import LabelSpace, Sample, read_manifest
 
@@ -48,6 +49,11 @@ class MultimodalDataModule(L.LightningDataModule):
         max_audio_seconds: Longer audio is rejected before reading.
         max_text_chars: Longer texts are rejected.
         strict: Stop at the first bad row or file instead of skipping and reporting it.
+        max_tokens_per_batch: Batch by a token budget instead of ``batch_size``: samples of
+            similar estimated fused length are grouped so that ``longest x count`` stays
+            within it (see :class:`~mmctx.batching.TokenBudgetBatchSampler`).
+        tokens_per_audio_second: Fused positions per second of audio, for that estimate.
+        tokens_per_image: Fused positions per image, for that estimate.
     """
 
     def __init__(
@@ -69,6 +75,9 @@ class MultimodalDataModule(L.LightningDataModule):
         max_audio_seconds: float = 600.0,
         max_text_chars: int = 1_000_000,
         strict: bool = False,
+        max_tokens_per_batch: int | None = None,
+        tokens_per_audio_second: float = 50.0,
+        tokens_per_image: int = 16,
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -91,6 +100,8 @@ class MultimodalDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.strict = strict
+        self.max_tokens_per_batch = max_tokens_per_batch
+        self.length_rates = (tokens_per_audio_second, tokens_per_image)
         self.preprocess = Preprocess(
             image_size,
             image_channels,
@@ -256,3 +267,48 @@ class DigitsDataModule(MultimodalDataModule):
             seed=seed,
         )
         self.use_generated(paths)
+
+
+class LongContextDataModule(MultimodalDataModule):
+    """Built-in long inputs: the digit sits once, somewhere, in a long text and a long clip.
+
+    Generated once into a cache folder by :func:`mmctx.longctx_data.make_longctx_dataset`
+    and read back through the ordinary manifest path.
+
+    Args:
+        num_samples: Samples in all splits together.
+        seed: Seed of the generator.
+        audio_seconds: Length of each noise clip holding one DTMF burst.
+        text_words: Length of each distractor text holding one telling sentence.
+        modalities_generated: Which modalities the samples carry.
+        cache_dir: Folder for the generated data (default: under ``default_cache_dir()``).
+        **kwargs: Any other :class:`MultimodalDataModule` argument.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 600,
+        seed: int = 0,
+        audio_seconds: float = 30.0,
+        text_words: int = 3000,
+        modalities_generated: list[str] | None = None,
+        cache_dir: str | None = None,
+        **kwargs,
+    ) -> None:
+        from mmctx.longctx_data import LongSpec, make_longctx_dataset
+
+        super().__init__(**kwargs)
+        generated = tuple(modalities_generated or ("text", "audio"))
+        spec = LongSpec(
+            num_samples=num_samples,
+            seed=seed,
+            audio_seconds=audio_seconds,
+            text_words=text_words,
+            modalities=generated,
+        )
+        name = f"long-n{num_samples}-s{seed}-a{audio_seconds:g}-w{text_words}-{'+'.join(generated)}"
+        self.use_generated(
+            make_longctx_dataset(
+                Path(cache_dir) if cache_dir else default_cache_dir() / name, spec, progress=True
+            )
+        )

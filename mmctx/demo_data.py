@@ -166,8 +166,13 @@ def _make_image(rng: np.random.Generator, digit: int | None, size: int) -> np.nd
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
-def _make_audio(rng: np.random.Generator, digit: int | None, spec: DemoSpec) -> np.ndarray:
-    """A float32 clip: the digit's DTMF burst in white noise, or noise (maybe a stray tone)."""
+def _make_audio(rng: np.random.Generator, digit: int | None, spec: DemoSpec) -> tuple[np.ndarray, int, int]:
+    """A float32 clip: the digit's DTMF burst in white noise, or noise (maybe a stray tone).
+
+    Returns:
+        ``(clip, onset, length)``: the clip, and where the burst starts and how many
+        samples it lasts.
+    """
     rate = spec.sample_rate
     amplitude, snr_db = rng.uniform(0.2, 0.6), rng.uniform(5, 20)
     duration = rng.uniform(0.15, _MAX_TONE_SECONDS)
@@ -186,7 +191,7 @@ def _make_audio(rng: np.random.Generator, digit: int | None, spec: DemoSpec) -> 
     envelope = np.ones(n)
     envelope[:fade], envelope[n - fade :] = np.linspace(0, 1, fade), np.linspace(1, 0, fade)
     clip[start : start + n] += amplitude / max(1, len(freqs)) * burst * envelope
-    return (clip / max(1.0, np.abs(clip).max() / 0.99)).astype(np.float32)
+    return (clip / max(1.0, np.abs(clip).max() / 0.99)).astype(np.float32), start, n
 
 
 def _wav_bytes(clip: np.ndarray, rate: int) -> bytes:
@@ -216,7 +221,7 @@ def _make_sample(index: int, label: int, spec: DemoSpec, root: Path) -> tuple[di
         cv2.imwrite(str(root / row["image"]), _make_image(rng, carries["image"], spec.image_size))
     if present["audio"]:
         row["audio"] = f"audio/{sample_id}.wav"
-        clip = _make_audio(rng, carries["audio"], spec)
+        clip, _, _ = _make_audio(rng, carries["audio"], spec)
         (root / row["audio"]).write_bytes(_wav_bytes(clip, spec.sample_rate))
     truth = {"id": sample_id, "informative": dict(zip(MODALITIES, flags, strict=True))}
     return row, truth

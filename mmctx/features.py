@@ -17,10 +17,13 @@ class FeatureSequence(NamedTuple):
         features: ``(b, n, d)`` float features.
         mask: ``(b, n)`` bool, True where a position holds data and False for padding
             (and for every position of a sample whose modality is absent).
+        globals: ``(b, n)`` bool or None: positions that long-context attention lets see,
+            and be seen by, every position (summary tokens). Dense attention ignores it.
     """
 
     features: Tensor
     mask: Tensor
+    globals: Tensor | None = None
 
     def check(self, name: str) -> FeatureSequence:
         """Raise a ValueError naming ``name`` when the two tensors disagree."""

@@ -2,8 +2,10 @@
 
 Each modality is projected to the backbone width ``d``, tagged with a learned
 modality-type embedding and sinusoidal positions (counted within the modality), and the
-sequences are concatenated after a learned summary token. Absent modalities contribute
-only masked positions; nothing is filled in for them.
+sequences are concatenated after a learned summary token. With ``modality_tokens``, each
+modality's segment also starts with a learned summary token of its own (valid only where
+the modality is present). Summary tokens are flagged in ``globals`` for long-context
+attention. Absent modalities contribute only masked positions; nothing is filled in.
 
 Shape legend: b = batch, n = positions, d = model width.
 """
@@ -25,9 +27,10 @@ class MultimodalFusion(nn.Module):
     Args:
         in_dims: Feature width of each modality's encoder, keyed by modality name.
         dim: Width of the fused sequence (the backbone's width).
+        modality_tokens: Start each modality's segment with a learned global token.
     """
 
-    def __init__(self, in_dims: Mapping[str, int], dim: int) -> None:
+    def __init__(self, in_dims: Mapping[str, int], dim: int, modality_tokens: bool = False) -> None:
         super().__init__()
         if not in_dims:
             raise ValueError("in_dims is empty: configure at least one encoder")
@@ -45,6 +48,11 @@ class MultimodalFusion(nn.Module):
             {m: nn.Parameter(torch.randn(dim) * 0.02) for m in self.modalities}
         )
         self.summary = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.modality_tokens = (
+            nn.ParameterDict({m: nn.Parameter(torch.randn(dim) * 0.02) for m in self.modalities})
+            if modality_tokens
+            else None
+        )
 
     def forward(self, features: Mapping[str, FeatureSequence]) -> FeatureSequence:
         """Fuse the encoders' outputs.
@@ -53,24 +61,34 @@ class MultimodalFusion(nn.Module):
             features: One ``FeatureSequence`` ``(b, n_m, d_m)`` per modality in ``in_dims``.
 
         Returns:
-            ``(b, 1 + sum(n_m), d)`` with the summary token at position 0 (always valid).
+            ``(b, 1 + sum(n_m), d)`` (plus one position per modality with
+            ``modality_tokens``), the summary token at position 0 (always valid), and
+            ``globals`` flagging the summary tokens.
         """
         missing = [m for m in self.modalities if m not in features]
         if missing:
             raise ValueError(f"fusion expects modalities {self.modalities}, missing {missing}")
         first = features[self.modalities[0]].features
-        b = first.shape[0]
+        b, device = first.shape[0], first.device
         parts: list[Tensor] = [self.summary.expand(b, 1, self.dim)]
-        masks: list[Tensor] = [torch.ones(b, 1, dtype=torch.bool, device=first.device)]
+        masks: list[Tensor] = [torch.ones(b, 1, dtype=torch.bool, device=device)]
+        flags: list[Tensor] = [masks[0]]
         for m in self.modalities:
             seq = features[m].check(m)
             n = seq.features.shape[1]
+            if self.modality_tokens is not None:
+                parts.append((self.modality_tokens[m] + self.type_embed[m]).expand(b, 1, self.dim))
+                masks.append(seq.mask.any(1, keepdim=True))  # (b, 1): only where m is present
+                flags.append(masks[-1])
             x = self.proj[m](seq.features)  # (b, n_m, d)
             parts.append(
                 x + self.type_embed[m] + sinusoidal_positions(n, self.dim, x.device).to(x.dtype)
             )
             masks.append(seq.mask)
-        return FeatureSequence(torch.cat(parts, dim=1), torch.cat(masks, dim=1))
+            flags.append(torch.zeros_like(seq.mask))
+        return FeatureSequence(
+            torch.cat(parts, dim=1), torch.cat(masks, dim=1), torch.cat(flags, dim=1)
+        )
 
 
 def masked_mean(seq: FeatureSequence) -> Tensor:

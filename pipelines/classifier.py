@@ -62,6 +62,10 @@ class MultimodalClassifier(L.LightningModule):
         backbone: The fusion backbone; its ``dim`` is the fused width.
         class_names: Class names in index order (the CLI takes them from the data).
         multilabel: Sigmoid outputs and one binary decision per class instead of softmax.
+        pool: How the fused sequence becomes one vector: ``"mean"`` over valid positions,
+            or ``"summary"``, the summary token at position 0 (better for long inputs where
+            the evidence is a few positions among thousands; pair it with a backbone whose
+            summary token sees everything, such as ``SlidingWindowBackbone``).
         dropout: Dropout before the output layer.
         optimizer: Optimizer factory (default AdamW, lr 1e-3, weight decay 0.01).
         lr_scheduler: Scheduler factory stepped every step; default linear warm-up then cosine.
@@ -73,6 +77,7 @@ class MultimodalClassifier(L.LightningModule):
         backbone: FusionBackbone,
         class_names: list[str],
         multilabel: bool = False,
+        pool: str = "mean",
         dropout: float = 0.1,
         optimizer: OptimizerCallable = _adamw,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -84,10 +89,15 @@ class MultimodalClassifier(L.LightningModule):
                 raise ValueError(
                     f"encoders[{name!r}] is a {type(enc).__name__} for {enc.modality!r}"
                 )
+        if pool not in ("mean", "summary"):
+            raise ValueError(f"pool must be 'mean' or 'summary', got {pool!r}")
         if len(class_names) < 2 and not multilabel:
             raise ValueError(f"need at least 2 classes, got class_names={class_names}")
         self.encoders = nn.ModuleDict(encoders)
-        self.fusion = MultimodalFusion({m: e.out_dim for m, e in encoders.items()}, backbone.dim)
+        in_dims = {m: e.out_dim for m, e in encoders.items()}
+        self.fusion = MultimodalFusion(
+            in_dims, backbone.dim, modality_tokens=backbone.global_tokens
+        )
         self.backbone = backbone
         self.head = nn.Sequential(
             nn.LayerNorm(backbone.dim),
@@ -96,6 +106,7 @@ class MultimodalClassifier(L.LightningModule):
         )
         self.class_names = list(class_names)
         self.multilabel = multilabel
+        self.pool = pool
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         task: dict[str, Any] = (
@@ -113,9 +124,9 @@ class MultimodalClassifier(L.LightningModule):
 
     def forward(self, inputs: dict[str, Any]) -> Tensor:
         """Logits ``(b, classes)`` from the collated ``inputs`` of a batch."""
-        feats = {m: enc(inputs[m]) for m, enc in self.encoders.items()}
-        fused = self.backbone(self.fusion(feats))  # (b, n, d)
-        return self.head(masked_mean(fused))
+        fused = self.embed(inputs)  # (b, n, d)
+        pooled = fused.features[:, 0] if self.pool == "summary" else masked_mean(fused)
+        return self.head(pooled)
 
     def embed(self, inputs: dict[str, Any]) -> FeatureSequence:
         """The backbone's output sequence ``(b, n, d)`` (for heads other than this one)."""

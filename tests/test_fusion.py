@@ -41,22 +41,26 @@ def test_masked_mean_ignores_padding():
     assert masked_mean(FeatureSequence(x, torch.tensor([[True, True, False]]))).item() == 2.0
 
 
-@pytest.mark.parametrize("grad_checkpointing", [False, True])
-def test_backbone_ignores_masked_positions(grad_checkpointing):
-    backbone = TransformerBackbone(
-        dim=8, depth=2, heads=2, dropout=0.0, grad_checkpointing=grad_checkpointing
-    )
-    x = torch.randn(1, 6, 8, requires_grad=True)
-    mask = torch.tensor([[True, True, True, True, False, False]])
-    out = backbone(FeatureSequence(x, mask))
-    y = x.detach().clone()
-    y[:, 4:] = 1e3  # garbage in the padding
-    out2 = backbone(FeatureSequence(y, mask))
-    torch.testing.assert_close(out.features[:, :4], out2.features[:, :4])
-    out.features[:, :4].sum().backward()
-    assert x.grad[:, 4:].abs().sum() == 0 and x.grad[:, :4].abs().sum() > 0
-
-
 def test_backbone_rejects_bad_heads():
     with pytest.raises(ValueError, match="dim \\(10\\) must be divisible by heads \\(3\\)"):
         TransformerBackbone(dim=10, heads=3)
+
+
+def test_modality_tokens_are_global_and_present_only_with_their_modality():
+    fusion = MultimodalFusion({"text": 5, "audio": 7}, dim=8, modality_tokens=True)
+    seq = fusion(_feats())
+    assert seq.features.shape == (2, 1 + 1 + 4 + 1 + 3, 8)
+    assert seq.globals[0].tolist() == [
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+        True,
+        False,
+        False,
+        False,
+    ]
+    assert seq.mask[1, 6].item() is False  # sample 1 has no text: its text token is masked
+    assert seq.mask[1, 1].item() is True

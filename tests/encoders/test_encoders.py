@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mmctx.encoders import AudioRNNEncoder, ImageCNNEncoder, ModalityEncoder, TextTransformerEncoder
+from mmctx.encoders.text import encode_in_windows
 
 
 def text_batch():
@@ -129,8 +130,13 @@ def test_hf_text_model_from_a_local_folder_offline(tmp_path, monkeypatch):
     enc = TextTransformerEncoder(pretrained=str(tmp_path / "tiny"), freeze=True)
     seq = enc(text_batch())
     assert enc.out_dim == 16 and seq.features.shape[-1] == 16
-    assert not seq.mask[1].any() and seq.mask[0].sum() == 5  # [CLS] one two three [SEP]
+    assert not seq.mask[1].any() and seq.mask[0].sum() == 3  # one two three (specials dropped)
     assert not any(p.requires_grad for p in enc.parameters())
+    # a text longer than the model's window is read in windows, one position per token
+    long_text = " ".join(["one", "two", "three"] * 10)
+    windowed = TextTransformerEncoder(pretrained=str(tmp_path / "tiny"), window=8, stride=6)
+    seq = windowed({"text": [long_text, "two"], "present": torch.tensor([True, True])})
+    assert seq.features.shape == (2, 30, 16) and seq.mask.sum(1).tolist() == [30, 1]
 
 
 def test_missing_pretrained_model_is_a_clear_error(tmp_path):
@@ -143,3 +149,31 @@ def test_encoder_subclass_must_name_its_modality():
 
         class NoModality(ModalityEncoder):
             pass
+
+
+def test_windows_are_stitched_without_duplicates_or_gaps():
+    ids = torch.arange(1, 24)[None].repeat(2, 1)  # (2, 23) tokens 1..23
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    calls = []
+
+    def encode(win_ids, win_mask):
+        calls.append(win_ids.shape)
+        offset = torch.arange(win_ids.shape[1]).expand_as(win_ids)
+        return torch.stack((win_ids.float(), offset.float()), dim=-1)  # (b', w, 2): id, offset
+
+    out = encode_in_windows(encode, ids, mask, window=8, stride=5)
+    assert calls == [(2 * 4, 8)]  # windows start at 0, 5, 10, 15
+    assert out[0, :, 0].tolist() == list(range(1, 24))  # every token once, in order
+    # overlap 3: window k supplies tokens from 5k + 1 on (so only the text's first token sits
+    # at a window's left edge), and the last window supplies everything to the end
+    assert out[0, :, 1].tolist() == [0, 1, 2, 3, 4, 5] + [1, 2, 3, 4, 5] * 2 + [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_builtin_text_encoder_reads_long_texts_in_windows():
+    enc = TextTransformerEncoder(
+        dim=16, depth=1, heads=2, vocab_size=64, max_tokens=100, window=8, stride=6
+    )
+    seq = enc({"text": [" ".join(["w"] * 50), "short"], "present": torch.tensor([True, True])})
+    assert seq.features.shape == (2, 50, 16) and seq.mask.sum(1).tolist() == [50, 1]
+    with pytest.raises(ValueError, match="stride must be in 1..window \\(8\\), got 9"):
+        TextTransformerEncoder(dim=16, heads=2, window=8, stride=9)

@@ -86,6 +86,13 @@ def test_constructor_errors():
             TransformerBackbone(dim=16, heads=2),
             ["a", "b"],
         )
+    with pytest.raises(ValueError, match="pool must be 'mean' or 'summary', got 'max'"):
+        MultimodalClassifier(
+            {"text": TextTransformerEncoder(dim=16, heads=2)},
+            TransformerBackbone(dim=16, heads=2),
+            ["a", "b"],
+            pool="max",
+        )
     with pytest.raises(ValueError, match="at least 2 classes"):
         MultimodalClassifier(
             {"text": TextTransformerEncoder(dim=16, heads=2)},
@@ -96,4 +103,4 @@ def test_constructor_errors():
 
 def test_plain_python_hparams_hold_no_objects():
     model = _model()
-    assert set(model.hparams) == {"class_names", "multilabel", "dropout"}
+    assert set(model.hparams) == {"class_names", "multilabel", "pool", "dropout"}

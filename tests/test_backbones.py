@@ -1,0 +1,95 @@
+"""Backbones: masking, exactness of the long-context variants against dense attention."""
+
+import pytest
+import torch
+
+from mmctx.backbones import SegmentMemoryBackbone, SlidingWindowBackbone, TransformerBackbone
+from mmctx.features import FeatureSequence
+
+KINDS = {
+    "dense": lambda **kw: TransformerBackbone(dim=16, depth=2, heads=2, dropout=0.0, **kw),
+    "sliding": lambda **kw: SlidingWindowBackbone(
+        dim=16, depth=2, heads=2, window=3, dropout=0.0, **kw
+    ),
+    "memory": lambda **kw: SegmentMemoryBackbone(
+        dim=16, depth=2, heads=2, segment=4, dropout=0.0, **kw
+    ),
+}
+
+
+def _seq(n=10, pad=3):
+    x = torch.randn(2, n, 16, requires_grad=True)
+    mask = torch.ones(2, n, dtype=torch.bool)
+    mask[1, n - pad :] = False
+    globals_ = torch.zeros(2, n, dtype=torch.bool)
+    globals_[:, 0] = True
+    return FeatureSequence(x, mask, globals_)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("grad_checkpointing", [False, True])
+def test_padding_never_leaks_into_valid_positions(kind, grad_checkpointing):
+    backbone = KINDS[kind](grad_checkpointing=grad_checkpointing).train()
+    seq = _seq()
+    out = backbone(seq)
+    garbage = seq.features.detach().clone()
+    garbage[1, 7:] = 1e3
+    out2 = backbone(FeatureSequence(garbage, seq.mask, seq.globals))
+    torch.testing.assert_close(out.features[1, :7], out2.features[1, :7])
+    out.features[1, :7].sum().backward()
+    assert seq.features.grad[1, 7:].abs().sum() == 0 and seq.features.grad[1, :7].abs().sum() > 0
+    assert torch.isfinite(out.features).all()
+
+
+def test_sliding_window_equals_dense_when_the_window_covers_everything():
+    torch.manual_seed(0)
+    dense = KINDS["dense"]().eval()
+    sliding = SlidingWindowBackbone(dim=16, depth=2, heads=2, window=100, dropout=0.0).eval()
+    sliding.load_state_dict(dense.state_dict())
+    seq = _seq()
+    torch.testing.assert_close(sliding(seq).features, dense(seq).features, atol=1e-5, rtol=1e-4)
+
+
+def test_sliding_window_is_local_except_for_globals():
+    backbone = SlidingWindowBackbone(dim=16, depth=1, heads=2, window=2, dropout=0.0).eval()
+    seq = _seq(n=12, pad=0)
+    base = backbone(seq).features
+    moved = seq.features.detach().clone()
+    moved[:, 11] += torch.randn(16)  # a change at the far end (not a constant: LayerNorm removes those)
+    out = backbone(FeatureSequence(moved, seq.mask, seq.globals)).features
+    torch.testing.assert_close(out[:, 1:9], base[:, 1:9])  # ...is invisible to positions 1..8
+    assert (out[:, 0] - base[:, 0]).abs().max() > 1e-4  # but the global token sees it
+
+
+def test_memory_backbone_is_dense_when_one_segment_covers_the_input():
+    dense = KINDS["dense"]().eval()
+    memory = SegmentMemoryBackbone(dim=16, depth=2, heads=2, segment=64, dropout=0.0).eval()
+    memory.load_state_dict(dense.state_dict())
+    seq = _seq()
+    torch.testing.assert_close(memory(seq).features, dense(seq).features)
+
+
+def test_memory_backbone_carries_information_forward_but_not_gradients():
+    backbone = SegmentMemoryBackbone(dim=16, depth=1, heads=2, segment=4, dropout=0.0).eval()
+    seq = _seq(n=8, pad=0)
+    out = backbone(seq).features
+    changed = seq.features.detach().clone()
+    changed[:, 0] += torch.randn(16)
+    out2 = backbone(FeatureSequence(changed, seq.mask)).features
+    assert (out2[:, 4:] - out[:, 4:]).abs().max() > 1e-4  # segment 2 reads segment 1's memory
+    out[:, 4:].sum().backward()
+    assert seq.features.grad[:, :4].abs().sum() == 0  # the memory is detached
+
+
+def test_rotary_positions_work_beyond_any_trained_length():
+    backbone = SlidingWindowBackbone(dim=16, depth=1, heads=2, window=4, dropout=0.0).eval()
+    x = torch.randn(1, 5000, 16)
+    out = backbone(FeatureSequence(x, torch.ones(1, 5000, dtype=torch.bool)))
+    assert torch.isfinite(out.features).all() and out.features.shape == (1, 5000, 16)
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError, match="segment must be > 0, got 0"):
+        SegmentMemoryBackbone(segment=0)
+    with pytest.raises(ValueError, match="window must be >= 0, got -1"):
+        SlidingWindowBackbone(window=-1)
