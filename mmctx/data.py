@@ -17,6 +17,7 @@ carried in ``errors`` (or raised, in strict mode), so the run can count and repo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -143,10 +144,8 @@ def estimate_length(sample: Sample, tokens_per_audio_second: float, tokens_per_i
         n += sample.text_path.stat().st_size // 6  # about 6 bytes a word
     n += tokens_per_image * len(sample.media.get("image", []))
     for path in sample.media.get("audio", []):
-        try:
+        with contextlib.suppress(RuntimeError, OSError):  # reported when the sample is loaded
             n += int(sf.info(str(path)).duration * tokens_per_audio_second)
-        except (RuntimeError, OSError):
-            pass  # an unreadable file is reported when the sample is loaded
     return n
 
 

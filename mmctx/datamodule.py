@@ -171,17 +171,20 @@ class MultimodalDataModule(L.LightningDataModule):
         return ManifestDataset(samples, labels, self.modalities, self.preprocess, self.strict)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        collate = Collate(
-            self.modalities, self.preprocess, len(self.class_names) if self.multilabel else None
+        num_classes = len(self.class_names) if self.multilabel else None
+        dataset = self.dataset(split)
+        common = {
+            "num_workers": self.num_workers,
+            "collate_fn": Collate(self.modalities, self.preprocess, num_classes),
+            "persistent_workers": self.num_workers > 0,
+        }
+        if self.max_tokens_per_batch is None:
+            return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, **common)
+        lengths = [estimate_length(s, *self.length_rates) for s in dataset.samples]
+        sampler = TokenBudgetBatchSampler(
+            lengths, self.max_tokens_per_batch, shuffle=shuffle, seed=self.split_seed
         )
-        return DataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=collate,
-            persistent_workers=self.num_workers > 0,
-        )
+        return DataLoader(dataset, batch_sampler=sampler, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

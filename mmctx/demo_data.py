@@ -166,7 +166,9 @@ def _make_image(rng: np.random.Generator, digit: int | None, size: int) -> np.nd
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
-def _make_audio(rng: np.random.Generator, digit: int | None, spec: DemoSpec) -> tuple[np.ndarray, int, int]:
+def _make_audio(
+    rng: np.random.Generator, digit: int | None, spec: DemoSpec
+) -> tuple[np.ndarray, int, int]:
     """A float32 clip: the digit's DTMF burst in white noise, or noise (maybe a stray tone).
 
     Returns:

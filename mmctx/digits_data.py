@@ -130,6 +130,6 @@ def main(argv: Sequence[str]) -> int:
         seed=args.seed,
     )
     for split, path in paths.items():
-        count = sum(1 for _ in open(path))
+        count = len(path.read_text().splitlines())
         print(f"{split}: {path} ({count} samples)")
     return 0

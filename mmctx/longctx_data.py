@@ -124,7 +124,6 @@ def _make_text(rng: np.random.Generator, digit: int, n_words: int) -> tuple[str,
     return " ".join(words) + "\n", where
 
 
-
 def _make_sample(
     index: int, label: int, spec: LongSpec, demo: DemoSpec, root: Path
 ) -> tuple[dict, dict]:

@@ -195,14 +195,21 @@ def test_memory_is_bounded_by_the_chunk_not_n_squared():
         ({"window": 2.0}, "window must be an int >= 0, got 2.0"),
         ({"window": True}, "window must be an int >= 0, got True"),
         ({"k": torch.zeros(1, 2, 5, 4)}, r"k must match q's shape \(1, 2, 6, 4\)"),
-        ({"v": torch.zeros(1, 2, 6, 4, dtype=torch.float64)}, r"v must match q.s .*, got .*float64"),
+        (
+            {"v": torch.zeros(1, 2, 6, 4, dtype=torch.float64)},
+            r"v must match q.s .*, got .*float64",
+        ),
         ({"q": torch.zeros(2, 6, 4)}, r"q must be a non-empty \(b, h, n, e\) tensor"),
         ({"key_padding_mask": torch.zeros(1, 5, dtype=torch.bool)}, r"key_padding_mask .*\(1, 6\)"),
         ({"global_mask": torch.zeros(1, 6)}, "global_mask must be a .* bool tensor"),
     ],
 )
 def test_invalid_arguments_raise_value_error(kwargs, message):
-    args = {"q": torch.zeros(1, 2, 6, 4), "k": torch.zeros(1, 2, 6, 4), "v": torch.zeros(1, 2, 6, 4)}
+    args = {
+        "q": torch.zeros(1, 2, 6, 4),
+        "k": torch.zeros(1, 2, 6, 4),
+        "v": torch.zeros(1, 2, 6, 4),
+    }
     args |= {"window": 2, **kwargs}
     if args["q"].dim() != 4:
         args["k"] = args["v"] = args["q"]

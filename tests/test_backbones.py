@@ -55,7 +55,9 @@ def test_sliding_window_is_local_except_for_globals():
     seq = _seq(n=12, pad=0)
     base = backbone(seq).features
     moved = seq.features.detach().clone()
-    moved[:, 11] += torch.randn(16)  # a change at the far end (not a constant: LayerNorm removes those)
+    moved[:, 11] += torch.randn(
+        16
+    )  # a change at the far end (not a constant: LayerNorm removes those)
     out = backbone(FeatureSequence(moved, seq.mask, seq.globals)).features
     torch.testing.assert_close(out[:, 1:9], base[:, 1:9])  # ...is invisible to positions 1..8
     assert (out[:, 0] - base[:, 0]).abs().max() > 1e-4  # but the global token sees it

@@ -35,7 +35,9 @@ OVERLAYS = {"longctx_truncated.yaml": "longctx_demo.yaml"}  # configs meant to b
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
 def test_every_shipped_config_parses(config, capsys):
-    base = ["--config", str(config.parent / OVERLAYS[config.name])] if config.name in OVERLAYS else []
+    base = (
+        ["--config", str(config.parent / OVERLAYS[config.name])] if config.name in OVERLAYS else []
+    )
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", *base, "--config", str(config), "--print_config"])
     assert exit_info.value.code in (0, None)

@@ -1,0 +1,54 @@
+import pytest
+
+from mmctx.data import estimate_length
+from mmctx.datamodule import MultimodalDataModule
+from tests.conftest import write_manifest
+
+
+def test_labels_split_and_loaders(demo_dir):
+    dm = MultimodalDataModule(
+        train_manifest=str(demo_dir / "train.jsonl"),
+        val_fraction=0.25,
+        batch_size=16,
+        image_channels=1,
+        sample_rate=8000,
+    )
+    assert dm.class_names == [str(d) for d in range(10)] and not dm.multilabel
+    train, val = dm.dataset("train"), dm.dataset("val")
+    assert len(val) == round(0.25 * (len(train) + len(val)))
+    assert not {s.id for s in train.samples} & {s.id for s in val.samples}
+    batch = next(iter(dm.train_dataloader()))
+    assert len(batch["ids"]) == 16 and batch["label"].shape == (16,)
+    with pytest.raises(ValueError, match="no data for split 'test': set data.test_manifest"):
+        dm.dataset("test")
+
+
+def test_token_budget_batches(demo_dir):
+    dm = MultimodalDataModule(
+        train_manifest=str(demo_dir / "train.jsonl"),
+        max_tokens_per_batch=300,
+        tokens_per_audio_second=50,
+        tokens_per_image=16,
+        image_channels=1,
+        sample_rate=8000,
+    )
+    samples = dm.dataset("train").samples
+    lengths = {s.id: estimate_length(s, 50, 16) for s in samples}
+    sizes = []
+    for batch in dm.train_dataloader():
+        longest = max(lengths[i] for i in batch["ids"])
+        assert longest * len(batch["ids"]) <= 300
+        sizes.append(len(batch["ids"]))
+    assert sum(sizes) == len(samples) and len(set(sizes)) > 1  # short samples pack more per batch
+
+
+def test_bad_rows_are_counted_and_unknown_modalities_refused(tmp_path):
+    path = write_manifest(
+        tmp_path / "m.jsonl",
+        [{"id": "a", "text": "x", "label": "p"}, {"id": "b", "text": "y", "label": "q"}, "{broken"],
+    )
+    dm = MultimodalDataModule(train_manifest=str(path), val_fraction=0.0)
+    assert dm.class_names == ["p", "q"]
+    assert len(dm.skipped) == 1 and "m.jsonl:3" in dm.skipped[0]
+    with pytest.raises(ValueError, match="modalities \\['smell'\\] are not known"):
+        MultimodalDataModule(modalities=["text", "smell"])
