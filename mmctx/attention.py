@@ -1,15 +1,16 @@
 """Sliding-window attention with global tokens in O(n * window) memory.
 
-Query ``i`` sees key ``j`` iff ``|i - j| <= window`` or either token is global, and never a
-padded key. Queries are cut into blocks of ``c`` rows; block ``i`` sees the ``c + 2r`` key
-rows around it, taken as an overlapping ``as_strided`` view of the (flattened) keys, so
-each step is one batched matmul over blocks. Global keys are appended to every block as
-extra columns (and dropped from the band so they count once); global queries are computed
-densely over all keys and written over the band result. Blocks are processed in chunks of
-bounded size; a custom autograd function keeps only ``q, k, v``, the output and the row
-logsumexp and recomputes the scores chunk by chunk in backward (flash-attention style),
-overlap-adding each window's key/value gradients back into place. On CUDA the same mask
-goes to ``flex_attention``.
+Query ``i`` sees key ``j`` iff ``|i - j| <= window`` or either token is global, never a
+padded key. Queries are cut into blocks of ``c`` rows; block ``i`` sees the ``L = c + 2r``
+key rows around it, an overlapping ``as_strided`` view of the flattened keys, so each step
+is one batched matmul over blocks; a fixed corner mask trims the window to the band.
+Global keys are extra score columns of every block (masked where the band already holds
+them); global queries are computed densely per head and written over the band rows.
+Blocks go in chunks of bounded size. A custom autograd function saves only ``q, k, v``,
+the output and the row logsumexp, and recomputes scores chunk by chunk in backward
+(flash-attention style), overlap-adding each window's key/value gradients into place.
+Scores are kept in base 2 (``exp2`` is fast and never slows down on denormals). On CUDA
+the same mask goes to ``flex_attention``.
 
 Shape legend: b = batch, h = heads, n = positions, e = head width, w = window,
 c = query rows per block, r = w rounded up to a multiple of c, L = c + 2r keys per block,
@@ -19,15 +20,15 @@ g = global slots (max global count over the batch), G = blocks in one chunk.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 _CHUNK_ELEMS = 1 << 20  # score elements per chunk (4 MiB in fp32): bounds memory, stays in cache
-_LOG2E = 1.0 / math.log(2.0)  # scores are kept in base 2: exp2 is fast and denormal-safe
+_LOG2E = 1.0 / math.log(2.0)
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
@@ -55,8 +56,8 @@ def sliding_window_attention(
     """
     _check_inputs(q, k, v, window, key_padding_mask, global_mask)
     b, _, n, _ = q.shape
-    pad = _mask_or_none(key_padding_mask, b, n, q.device)
-    glob = _mask_or_none(global_mask, b, n, q.device)
+    pad = _as_mask(key_padding_mask, b, n, q.device)
+    glob = _as_mask(global_mask, b, n, q.device)
     if q.is_cuda:
         return _flex_attention(q, k, v, window, pad, glob)
     return _blocked_attention(q, k, v, window, pad, glob)
@@ -77,8 +78,8 @@ def dense_reference(
     """
     _check_inputs(q, k, v, window, key_padding_mask, global_mask)
     b, _, n, _ = q.shape
-    pad = _mask_or_none(key_padding_mask, b, n, q.device)
-    glob = _mask_or_none(global_mask, b, n, q.device)
+    pad = _as_mask(key_padding_mask, b, n, q.device)
+    glob = _as_mask(global_mask, b, n, q.device)
     mask = _dense_mask(n, window, pad, glob)
     seen = mask.any(-1)
     mask = mask | ~seen[..., None]
@@ -103,7 +104,7 @@ def _check_inputs(q, k, v, window, key_padding_mask, global_mask) -> None:
     if q.dim() != 4 or min(q.shape) == 0:
         raise ValueError(f"q must be a non-empty (b, h, n, e) tensor, got shape {tuple(q.shape)}")
     if q.dtype not in _DTYPES:
-        raise ValueError(f"q must be float32, bfloat16 or float16, got dtype {q.dtype}")
+        raise ValueError(f"q must be float32, bfloat16, float16 or float64, got dtype {q.dtype}")
     for name, t in (("k", k), ("v", v)):
         if t.shape != q.shape or t.dtype != q.dtype or t.device != q.device:
             raise ValueError(
@@ -121,7 +122,7 @@ def _check_inputs(q, k, v, window, key_padding_mask, global_mask) -> None:
             raise ValueError(f"{name} must be a ({b}, {n}) bool tensor, got {got}")
 
 
-def _mask_or_none(mask: Tensor | None, b: int, n: int, device: torch.device) -> Tensor:
+def _as_mask(mask: Tensor | None, b: int, n: int, device: torch.device) -> Tensor:
     if mask is None:
         return torch.zeros(b, n, dtype=torch.bool, device=device)
     return mask.to(device)
@@ -130,99 +131,80 @@ def _mask_or_none(mask: Tensor | None, b: int, n: int, device: torch.device) -> 
 # ----------------------------------------------------------------------- blocked CPU path
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """Geometry of one call: block size, band reach, chunking."""
+class _Plan(NamedTuple):
+    """Geometry of one call (letters as in the module docstring)."""
 
     b: int
     h: int
     n: int
     e: int
     w: int  # window clipped to n - 1
-    c: int  # query rows per block
-    g: int  # global slots
-    cdtype: torch.dtype  # compute dtype
+    c: int
+    r: int
+    L: int
+    nb: int  # query blocks per (b, h)
+    rows: int  # nb * c: padded rows per (b, h)
+    g: int
+    cdtype: torch.dtype  # compute dtype: float64 for float64 input, else float32
 
-    @property
-    def r(self) -> int:
-        return -(-self.w // self.c) * self.c
-
-    @property
-    def nb(self) -> int:
-        return -(-self.n // self.c)
-
-    @property
-    def L(self) -> int:  # noqa: N802 - the shape letter
-        return self.c + 2 * self.r
-
-    @property
-    def rows(self) -> int:  # padded rows per (b, h)
-        return self.nb * self.c
-
-    @property
-    def blocks(self) -> int:
-        return self.b * self.h * self.nb
-
-    @property
-    def chunk(self) -> int:
-        """Blocks per chunk: within the element budget, a multiple of the thread count."""
-        fit = _CHUNK_ELEMS // (self.c * (self.L + self.g))
+    def spans(self) -> list[tuple[int, int]]:
+        """Block ranges ``(g0, g1)`` of the chunks: each within the score budget, with a
+        multiple of the thread count of blocks (bmm splits the batch over threads)."""
+        blocks, fit = self.b * self.h * self.nb, _CHUNK_ELEMS // (self.c * (self.L + self.g))
         threads = torch.get_num_threads()
-        return max(1, min(self.blocks, fit // threads * threads or fit))
-
-    def spans(self):
-        """Block ranges ``(g0, g1)`` of the chunks."""
-        return ((g0, min(g0 + self.chunk, self.blocks)) for g0 in range(0, self.blocks, self.chunk))
+        step = max(1, min(blocks, fit // threads * threads or fit))
+        return [(g0, min(g0 + step, blocks)) for g0 in range(0, blocks, step)]
 
 
-def _block_rows(w: int, n: int) -> int:
-    """Query rows per block: small enough to waste little of the band, big enough for BLAS."""
-    c = 64 if w >= 48 else 32 if w >= 16 else 16
-    return min(c, max(8, 1 << (n - 1).bit_length()))
+def _plan(q: Tensor, window: int, g: int) -> _Plan:
+    b, h, n, e = q.shape
+    w = min(window, n - 1)
+    c = 64 if w >= 48 else 32 if w >= 16 else 16  # wastes little band, still fine for BLAS
+    c = min(c, max(8, 1 << (n - 1).bit_length()))
+    r, nb = -(-w // c) * c, -(-n // c)
+    cdtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return _Plan(b, h, n, e, w, c, r, c + 2 * r, nb, nb * c, g, cdtype)
 
 
 def _blocked_attention(q, k, v, window, pad, glob) -> Tensor:
-    b, h, n, e = q.shape
-    gidx, gvalid = _global_slots(glob)
-    cdtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    w = min(window, n - 1)
-    plan = _Plan(b, h, n, e, w, _block_rows(w, n), gidx.shape[1], cdtype)
-    key_bias, glob_bias = _biases(plan, pad, glob, gidx, gvalid)
+    b, h, _, e = q.shape
+    plan = _plan(q, window, int(glob.sum(1).max()))
+    masks = _masks(plan, pad, glob)
     if plan.g:
-        take = gidx[:, None, :, None].expand(b, h, plan.g, e)
+        take = masks.glob_idx[:, None, :, None].expand(b, h, plan.g, e)
         gk, gv = k.gather(2, take), v.gather(2, take)
-    else:  # not gathered: an empty gather would still cost a full-size zero grad
+    else:  # nothing gathered: even an empty gather costs a full-size zero gradient
         gk = gv = q.new_empty(b, h, 0, e)
-    out = _BandAttention.apply(q, k, v, gk, gv, key_bias, glob_bias, plan)
-    if plan.g:
-        out = _global_rows(out, q, k, v, pad, gidx, gvalid)
-    return out
+    return _BandAttention.apply(q, k, v, gk, gv, masks, plan)
 
 
-def _global_slots(glob: Tensor) -> tuple[Tensor, Tensor]:
-    """Positions ``(b, g)`` of each row's global tokens (padded slots point at 0) and validity."""
+class _Masks(NamedTuple):
+    """What padding and global tokens mean for one call (no gradients flow through these)."""
+
+    key_bias: Tensor  # (b * nb, L) additive mask of each block's window keys (padding)
+    glob_bias: Tensor  # (b, g) additive mask of the global key slots
+    row_bias: Tensor  # (b, nb * c) additive mask of all keys, for global queries
+    glob_idx: Tensor  # (b, g) positions of the global tokens (spare slots point at 0)
+    glob_count: list[int]  # global tokens per batch row
+
+
+def _masks(p: _Plan, pad: Tensor, glob: Tensor) -> _Masks:
+    """Additive 0 / -inf key masks and the global token slots."""
     counts = glob.sum(1)
-    g = int(counts.max()) if glob.numel() else 0
     bi, pos = glob.nonzero(as_tuple=True)
-    start = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(bi.numel(), device=glob.device) - start[bi]
-    gidx = torch.zeros(glob.shape[0], g, dtype=torch.long, device=glob.device)
-    gidx[bi, slot] = pos
-    gvalid = torch.arange(g, device=glob.device) < counts[:, None]
-    return gidx, gvalid
-
-
-def _biases(plan: _Plan, pad, glob, gidx, gvalid) -> tuple[Tensor, Tensor]:
-    """Additive key masks: band ``(b * nb, L)`` per block window, globals ``(b, g)``."""
-    p = plan
+    slot = torch.arange(bi.numel(), device=pad.device) - (torch.cumsum(counts, 0) - counts)[bi]
+    glob_idx = torch.zeros(p.b, p.g, dtype=torch.long, device=pad.device)
+    glob_idx[bi, slot] = pos
+    slots = torch.arange(p.g, device=pad.device) < counts[:, None]
     ok = torch.zeros(p.b, p.rows + 2 * p.r, dtype=torch.bool, device=pad.device)
-    ok[:, p.r : p.r + p.n] = ~pad & ~glob  # globals are columns of their own
-    windows = ok.unfold(1, p.L, p.c)  # (b, nb, L) view
-    zeros = torch.zeros(p.b * p.nb, p.L, dtype=p.cdtype, device=pad.device)
-    key_bias = zeros.masked_fill_(~windows.reshape(-1, p.L), -math.inf)
-    seen = gvalid & ~pad.gather(1, gidx)
-    glob_bias = torch.zeros(seen.shape, dtype=p.cdtype, device=pad.device)
-    return key_bias, glob_bias.masked_fill_(~seen, -math.inf)
+    ok[:, p.r : p.r + p.n] = ~pad
+    windows = ok.unfold(1, p.L, p.c).reshape(p.b * p.nb, p.L)
+    oks = (windows, slots & ~pad.gather(1, glob_idx), ok[:, p.r : p.r + p.rows])
+    return _Masks(*(_bias(x, p.cdtype) for x in oks), glob_idx, counts.tolist())
+
+
+def _bias(ok: Tensor, dtype: torch.dtype) -> Tensor:
+    return torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill_(~ok, -math.inf)
 
 
 @lru_cache(maxsize=32)
@@ -247,7 +229,8 @@ def _flat(x: Tensor, p: _Plan) -> Tensor:
 
 
 def _unflat(x: Tensor, p: _Plan, dtype: torch.dtype) -> Tensor:
-    return x.view(p.b, p.h, p.rows, -1)[:, :, : p.n].to(dtype)
+    """Inverse of ``_flat``, contiguous, in ``dtype``."""
+    return x.view(p.b, p.h, p.rows, -1)[:, :, : p.n].to(dtype).contiguous()
 
 
 def _rows(x: Tensor, lo: int, hi: int) -> Tensor:
@@ -263,12 +246,12 @@ def _rows(x: Tensor, lo: int, hi: int) -> Tensor:
 class _Operands:
     """Flat operands of one call, shared by forward and backward, and reusable chunk buffers."""
 
-    def __init__(self, p: _Plan, q, k, v, gk, gv, key_bias: Tensor, glob_bias: Tensor) -> None:
+    def __init__(self, p: _Plan, q, k, v, gk, gv, masks: _Masks) -> None:
         self.plan = p
         self.q, self.k, self.v = (_flat(x, p) for x in (q, k, v))
-        self.gk, self.gv = (x.reshape(p.b * p.h, p.g, p.e) for x in (gk, gv))
-        self.key_bias, self.glob_bias = key_bias, glob_bias
-        dirty = (key_bias != 0).any(1).view(p.b, 1, p.nb).expand(p.b, p.h, p.nb).reshape(-1)
+        self.gk, self.gv = (x.reshape(p.b * p.h, p.g, p.e).to(p.cdtype) for x in (gk, gv))
+        self.masks = masks
+        dirty = (masks.key_bias != 0).any(1).view(p.b, 1, p.nb).expand(p.b, p.h, p.nb).reshape(-1)
         self._dirty = [0, *torch.cumsum(dirty, 0).tolist()]
         self._buffers: dict[str, Tensor] = {}
 
@@ -286,39 +269,62 @@ class _Operands:
 
 
 class _Chunk:
-    """Blocks ``g0:g1``: scaled queries, key/value windows (+ globals) and base-2 scores."""
+    """Blocks ``g0:g1``: scaled queries, key/value windows, base-2 scores of the band
+    ``s`` ``(G, c, L)`` and of the global keys ``sg`` ``(G * c, g)``.
+
+    Both score tensors are contiguous (bmm into strided views falls back to a slow loop);
+    global columns are multiplied per head segment of the chunk, one plain matmul each.
+    """
 
     def __init__(self, ops: _Operands, g0: int, g1: int) -> None:
-        p = ops.plan
-        self.n, c, e, width = g1 - g0, p.c, p.e, p.L + p.g
+        p, self.ops = ops.plan, ops
+        self.n, c, e = g1 - g0, p.c, p.e
         self.rows = slice(g0 * c, g1 * c)
         queries = ops.q[self.rows].view(self.n, c, e)
         self.q = torch.mul(queries, e**-0.5 * _LOG2E, out=ops.buffer("q", self.n, c, e))
-        ids = torch.arange(g0, g1, device=queries.device)
-        self.heads = ids // p.nb
-        kv = []
-        for x, gx, name in ((ops.k, ops.gk, "k"), (ops.v, ops.gv, "v")):
-            keys = _rows(x, g0 * c - p.r, g1 * c + p.r).to(p.cdtype)
-            win = keys.as_strided((self.n, p.L, e), (c * e, e, 1))
-            if p.g:
-                extra = gx.index_select(0, self.heads).to(p.cdtype)
-                win = torch.cat([win, extra], 1, out=ops.buffer(name, self.n, width, e))
-            kv.append(win)
-        self.k, self.v = kv
-        s = torch.bmm(self.q, self.k.transpose(1, 2), out=ops.buffer("s", self.n, c, width))
+        self.k, self.v = (
+            _rows(x, g0 * c - p.r, g1 * c + p.r)
+            .to(p.cdtype)
+            .as_strided((self.n, p.L, e), (c * e, e, 1))
+            for x in (ops.k, ops.v)
+        )
+        heads = range(g0 // p.nb, (g1 - 1) // p.nb + 1) if p.g else ()
+        self.segments = [
+            (hd, (max(g0, hd * p.nb) - g0) * c, (min(g1, hd * p.nb + p.nb) - g0) * c)
+            for hd in heads
+        ]
+        self.s, self.sg = s, sg = self.times_keys(self.q, self.k, ops.gk, "s")
         left, right = _edge_bias(p.w, c, p.r, p.cdtype, str(s.device))
         s[:, :, : left.shape[1]].add_(left)
-        s[:, :, p.L - right.shape[1] : p.L].add_(right)
-        batch = self.heads // p.h
+        s[:, :, p.L - right.shape[1] :].add_(right)
         if ops.dirty(g0, g1):
-            s[:, :, : p.L].add_(ops.key_bias.index_select(0, batch * p.nb + ids % p.nb)[:, None])
-        if p.g:
-            s[:, :, p.L :].add_(ops.glob_bias.index_select(0, batch)[:, None])
-        self.s = s
+            ids = torch.arange(g0, g1, device=s.device)
+            rows = ids // (p.h * p.nb) * p.nb + ids % p.nb
+            s.add_(ops.masks.key_bias.index_select(0, rows)[:, None])
+        for hd, lo, hi in self.segments:  # a global key inside the band is counted there
+            pos = torch.arange(lo + g0 * c - hd * p.rows, hi + g0 * c - hd * p.rows)
+            near = (pos[:, None].to(s.device) - ops.masks.glob_idx[hd // p.h]).abs() <= p.w
+            sg[lo:hi].add_(ops.masks.glob_bias[hd // p.h].masked_fill(near, -math.inf))
 
     def rows_of(self, x: Tensor) -> Tensor:
         """This chunk's ``(G, c, *)`` rows of a flat ``(rows, *)`` tensor."""
-        return x[self.rows].view(self.n, self.s.shape[1], *x.shape[1:])
+        return x[self.rows].view(self.n, self.q.shape[1], *x.shape[1:])
+
+    def times_keys(self, a: Tensor, band: Tensor, glob: Tensor, name: str):
+        """``a @ band^T`` ``(G, c, L)`` and ``a @ glob^T`` ``(G * c, g)`` (glob: per head)."""
+        p = self.ops.plan
+        s = torch.bmm(a, band.transpose(1, 2), out=self.ops.buffer(name, self.n, p.c, p.L))
+        sg, a2 = self.ops.buffer(name + "g", self.n * p.c, p.g), a.view(-1, p.e)
+        for hd, lo, hi in self.segments:
+            torch.mm(a2[lo:hi], glob[hd].T, out=sg[lo:hi])
+        return s, sg
+
+    def times_values(self, s: Tensor, sg: Tensor, band: Tensor, glob: Tensor, out: Tensor):
+        """``s @ band + sg @ glob`` into ``out`` ``(G, c, e)``."""
+        torch.bmm(s, band, out=out)
+        for hd, lo, hi in self.segments:
+            out.view(-1, out.shape[-1])[lo:hi].addmm_(sg[lo:hi], glob[hd])
+        return out
 
 
 def _band_forward(ops: _Operands) -> tuple[Tensor, Tensor]:
@@ -328,41 +334,41 @@ def _band_forward(ops: _Operands) -> tuple[Tensor, Tensor]:
     lse = ops.q.new_empty(ops.q.shape[0], 1, dtype=p.cdtype)
     for g0, g1 in p.spans():
         ch = _Chunk(ops, g0, g1)
-        s = ch.s
+        s, sg = ch.s, ch.sg
         top = s.amax(-1, keepdim=True)
+        if p.g:
+            torch.maximum(top, sg.amax(-1).view_as(top), out=top)
         top.masked_fill_(top == -math.inf, 0.0)
         s.sub_(top).exp2_()
-        total = s.sum(-1, keepdim=True)  # >= 1 exactly when the row sees a key
-        torch.bmm(s, ch.v, out=ch.rows_of(out)).div_(total.clamp(min=1.0))
+        sg.sub_(top.view(-1, 1)).exp2_()
+        total = s.sum(-1, keepdim=True).add_(sg.sum(-1).view_as(top))  # >= 1 iff a key is seen
+        ch.times_values(s, sg, ch.v, ops.gv, ch.rows_of(out)).div_(total.clamp(min=1.0))
         ch.rows_of(lse).copy_((top + total.log2()).masked_fill_(total == 0, math.inf))
     return out, lse
 
 
 def _band_backward(ops: _Operands, out: Tensor, grad: Tensor, lse: Tensor):
-    """Gradients (flat dq, flat dk, flat dv, dgk, dgv) from the flat output gradient."""
+    """Unscaled gradient accumulators: flat dq, padded flat dk and dv, dgk, dgv."""
     p = ops.plan
     dq = torch.empty_like(ops.q, dtype=p.cdtype)
     dk, dv = (ops.q.new_zeros(dq.shape[0] + 2 * p.r, p.e, dtype=p.cdtype) for _ in "kv")
-    dgk, dgv = (ops.gk.new_zeros(ops.gk.shape, dtype=p.cdtype) for _ in "kv")
+    dgk, dgv = (torch.zeros_like(ops.gk) for _ in "kv")
     for g0, g1 in p.spans():
         ch = _Chunk(ops, g0, g1)
-        prob = ch.s.sub_(ch.rows_of(lse)).exp2_()
+        row_lse = ch.rows_of(lse)
+        prob, prob_g = ch.s.sub_(row_lse).exp2_(), ch.sg.sub_(row_lse.view(-1, 1)).exp2_()
         do = ch.rows_of(grad).to(p.cdtype)
         delta = (do * ch.rows_of(out)).sum(-1, keepdim=True)
-        ds = torch.bmm(do, ch.v.transpose(1, 2), out=ops.buffer("ds", *prob.shape))
+        ds, ds_g = ch.times_keys(do, ch.v, ops.gv, "ds")
         ds.sub_(delta).mul_(prob)
-        torch.bmm(ds, ch.k, out=ch.rows_of(dq))
-        shape = (ch.n, p.L + p.g, p.e)
-        for acc, gacc, win in (
-            (dk, dgk, torch.bmm(ds.transpose(1, 2), ch.q, out=ops.buffer("dk", *shape))),
-            (dv, dgv, torch.bmm(prob.transpose(1, 2), do, out=ops.buffer("dv", *shape))),
-        ):
-            _overlap_add(acc.view(-1, p.c, p.e), win[:, : p.L], g0, p)
-            if p.g:
-                gacc.index_add_(0, ch.heads, win[:, p.L :])
-    # ch.q carried scale * log2(e): dk was accumulated against it, so undo the log2(e) only
-    dk, dv = (x[p.r : p.r + dq.shape[0]] for x in (dk, dv))
-    return dq.mul_(p.e**-0.5), dk.mul_(math.log(2.0)), dv, dgk.mul_(math.log(2.0)), dgv
+        ds_g.sub_(delta.view(-1, 1)).mul_(prob_g)
+        ch.times_values(ds, ds_g, ch.k, ops.gk, ch.rows_of(dq))
+        for acc, gacc, w, wg, x in ((dk, dgk, ds, ds_g, ch.q), (dv, dgv, prob, prob_g, do)):
+            win = torch.bmm(w.transpose(1, 2), x, out=ops.buffer("win", ch.n, p.L, p.e))
+            _overlap_add(acc.view(-1, p.c, p.e), win, g0, p)
+            for hd, lo, hi in ch.segments:
+                gacc[hd].addmm_(wg[lo:hi].T, x.view(-1, p.e)[lo:hi])
+    return dq, dk, dv, dgk, dgv
 
 
 def _overlap_add(dst: Tensor, win: Tensor, g0: int, p: _Plan) -> None:
@@ -376,41 +382,77 @@ def _overlap_add(dst: Tensor, win: Tensor, g0: int, p: _Plan) -> None:
 
 
 class _BandAttention(torch.autograd.Function):
-    """Band + global-key attention over flat blocks, recomputing scores in backward."""
+    """Band + global attention over flat blocks, recomputing scores in backward.
+
+    Global queries' rows are computed densely (per head) and written over the band result;
+    their band logsumexp is set to +inf so the band backward gives them zero probabilities.
+    """
 
     @staticmethod
-    def forward(ctx, q, k, v, gk, gv, key_bias, glob_bias, plan):
-        out, lse = _band_forward(_Operands(plan, q, k, v, gk, gv, key_bias, glob_bias))
+    def forward(ctx, q, k, v, gk, gv, masks: _Masks, plan: _Plan):
+        ops = _Operands(plan, q, k, v, gk, gv, masks)
+        out, lse = _band_forward(ops)
+        glob_lse = _global_forward(ops, out, lse)
         out = _unflat(out, plan, q.dtype)
-        ctx.save_for_backward(q, k, v, gk, gv, key_bias, glob_bias, out, lse)
-        ctx.plan = plan
+        ctx.save_for_backward(q, k, v, gk, gv, out, lse, glob_lse)
+        ctx.masks, ctx.plan = masks, plan
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         p = ctx.plan
-        q, k, v, gk, gv, key_bias, glob_bias, out, lse = ctx.saved_tensors
-        ops = _Operands(p, q, k, v, gk, gv, key_bias, glob_bias)
-        dq, dk, dv, dgk, dgv = _band_backward(ops, _flat(out, p), _flat(grad_out, p), lse)
+        q, k, v, gk, gv, out, lse, glob_lse = ctx.saved_tensors
+        ops = _Operands(p, q, k, v, gk, gv, ctx.masks)
+        out, grad = _flat(out, p), _flat(grad_out, p)
+        dq, dk, dv, dgk, dgv = _band_backward(ops, out, grad, lse)
+        _global_backward(ops, out, grad, glob_lse, dq, dk, dv)
+        # the scaled queries carried scale * log2(e): undo log2(e) for dk, apply scale to dq
+        dk, dv = (x[p.r : p.r + dq.shape[0]] for x in (dk, dv))
+        dq, dk, dgk = dq.mul_(p.e**-0.5), dk.mul_(math.log(2.0)), dgk.mul_(math.log(2.0))
         grads = [_unflat(x, p, q.dtype) for x in (dq, dk, dv)]
         grads += [x.view(gk.shape).to(q.dtype) for x in (dgk, dgv)]
-        return (*grads, None, None, None)
+        return (*grads, None, None)
 
 
-def _global_rows(out: Tensor, q, k, v, pad: Tensor, gidx: Tensor, gvalid: Tensor) -> Tensor:
-    """Replace the rows of global queries by attention over every unpadded key."""
-    b, h, _, e = q.shape
-    qg = q.gather(2, gidx[:, None, :, None].expand(b, h, gidx.shape[1], e))
-    any_key = (~pad).any(1)
-    allowed = ~pad | ~any_key[:, None]  # rows with no key at all: open, then zeroed
-    og = F.scaled_dot_product_attention(qg, k, v, attn_mask=allowed[:, None, None, :])
-    og = og * any_key[:, None, None, None].to(og.dtype)
-    bi, slot = gvalid.nonzero(as_tuple=True)
-    rows = og.transpose(1, 2)[bi, slot]  # (m, h, e)
-    if torch.is_grad_enabled() and (out.requires_grad or rows.requires_grad):
-        return out.transpose(1, 2).index_put((bi, gidx[bi, slot]), rows).transpose(1, 2)
-    out.transpose(1, 2)[bi, gidx[bi, slot]] = rows
-    return out
+def _global_heads(ops: _Operands):
+    """Per (b, h) head with global queries: their flat rows, scaled queries ``(m, e)``, base-2
+    scores over all the head's keys ``(m, rows)``, and the head's key and value rows."""
+    p = ops.plan
+    for hd in range(p.b * p.h):
+        count = ops.masks.glob_count[hd // p.h]
+        if count:
+            rows = ops.masks.glob_idx[hd // p.h, :count] + hd * p.rows
+            qs = ops.q.index_select(0, rows).to(p.cdtype) * (p.e**-0.5 * _LOG2E)
+            k, v = (x[hd * p.rows : (hd + 1) * p.rows].to(p.cdtype) for x in (ops.k, ops.v))
+            yield rows, qs, (qs @ k.T).add_(ops.masks.row_bias[hd // p.h]), k, v
+
+
+def _global_forward(ops: _Operands, out: Tensor, lse: Tensor) -> Tensor:
+    """Write global queries' rows (attention over every unpadded key) into ``out``."""
+    glob_lse = torch.full_like(lse, math.inf)  # only the global rows are used
+    for rows, _, s, _, v in _global_heads(ops):
+        top = s.amax(-1, keepdim=True)
+        top.masked_fill_(top == -math.inf, 0.0)
+        s.sub_(top).exp2_()
+        total = s.sum(-1, keepdim=True)
+        out.index_copy_(0, rows, (s @ v).div_(total.clamp(min=1.0)))
+        glob_lse.index_copy_(0, rows, (top + total.log2()).masked_fill_(total == 0, math.inf))
+        lse.index_fill_(0, rows, math.inf)  # the band backward must ignore these rows
+    return glob_lse
+
+
+def _global_backward(ops, out, grad, glob_lse, dq, dk, dv) -> None:
+    """Add the global query rows' gradients into the (unscaled, padded) accumulators."""
+    p = ops.plan
+    for rows, qs, s, k, v in _global_heads(ops):
+        prob = s.sub_(glob_lse.index_select(0, rows)).exp2_()
+        do = grad.index_select(0, rows).to(p.cdtype)
+        delta = (do * out.index_select(0, rows)).sum(-1, keepdim=True)
+        ds = (do @ v.T).sub_(delta).mul_(prob)
+        dq.index_add_(0, rows, ds @ k)
+        head = rows[0].item() // p.rows * p.rows + p.r  # this head's first row in dk / dv
+        dk[head : head + p.rows].addmm_(ds.T, qs)
+        dv[head : head + p.rows].addmm_(prob.T, do)
 
 
 # ------------------------------------------------------------------------------ CUDA path
@@ -420,9 +462,9 @@ def _global_rows(out: Tensor, q, k, v, pad: Tensor, gidx: Tensor, gvalid: Tensor
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
-    # Uncompiled flex materialises (n, n) scores. Dynamic shapes: a new n must not recompile
-    # (dynamo's recompile limit would silently fall back to that eager path).
-    return torch.compile(flex_attention, dynamic=True)
+    # Uncompiled flex materialises (n, n) scores; so does dynamo's fallback once its
+    # recompile limit is hit (each dtype, head width and grad mode compiles separately).
+    return torch.compile(flex_attention)
 
 
 def _flex_attention(q, k, v, window, pad, glob) -> Tensor:
