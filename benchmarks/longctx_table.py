@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from mmctx.cli import lightning_cli
+from mmctx.cli import fit_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -37,21 +36,7 @@ def run(extra: list[str], overrides: list[str]) -> dict:
         *extra,
         "--trainer.enable_progress_bar=false",
     ]
-    cli = lightning_cli([*args, *overrides], run=False)
-    start = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    seconds = time.perf_counter() - start
-    val = cli.trainer.validate(
-        cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False
-    )[0]
-    test = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[
-        0
-    ]
-    return {
-        "val_acc": val["val/acc"],
-        "test_acc": test["test/acc"],
-        "fit_seconds": round(seconds, 1),
-    }
+    return fit_and_evaluate([*args, *overrides])
 
 
 def main() -> None:

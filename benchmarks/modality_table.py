@@ -14,13 +14,12 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import yaml
 
-from mmctx.cli import lightning_cli
+from mmctx.cli import fit_and_evaluate
 
 
 def run_subset(config: dict, modalities: list[str], workdir: Path, extra: list[str]) -> dict:
@@ -33,22 +32,7 @@ def run_subset(config: dict, modalities: list[str], workdir: Path, extra: list[s
     cfg["trainer"]["enable_progress_bar"] = False
     path = workdir / "subset.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    start = time.perf_counter()
-    cli = lightning_cli(["--config", str(path), *extra], run=False)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    seconds = time.perf_counter() - start
-    val = cli.trainer.validate(
-        cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False
-    )[0]
-    test = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[
-        0
-    ]
-    return {
-        "modalities": modalities,
-        "val_acc": val["val/acc"],
-        "test_acc": test["test/acc"],
-        "fit_seconds": round(seconds, 1),
-    }
+    return {"modalities": modalities, **fit_and_evaluate(["--config", str(path), *extra])}
 
 
 def main() -> None:

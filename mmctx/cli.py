@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -110,6 +111,23 @@ def lightning_cli(argv: Sequence[str] | None, **kwargs: Any) -> MMCtxCLI:
         args=argv,
         **kwargs,
     )
+
+
+def fit_and_evaluate(argv: Sequence[str]) -> dict[str, float]:
+    """Fit from CLI arguments, then score the best checkpoint on validation and test.
+
+    Returns:
+        ``{"val_acc", "test_acc", "fit_seconds"}``.
+    """
+    cli = lightning_cli(list(argv), run=False)
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    seconds = time.perf_counter() - start
+    scores = {}
+    for split, evaluate in (("val", cli.trainer.validate), ("test", cli.trainer.test)):
+        result = evaluate(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
+        scores[f"{split}_acc"] = result[f"{split}/acc"]
+    return {**scores, "fit_seconds": round(seconds, 1)}
 
 
 def report_fit(trainer, datamodule) -> None:

@@ -20,8 +20,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -261,24 +263,59 @@ def _generate(root: Path, spec: DemoSpec, progress: bool) -> None:
     (root / "COMPLETE").write_text(json.dumps(asdict(spec), sort_keys=True) + "\n")
 
 
-def _check_existing(out: Path, spec: DemoSpec) -> bool:
-    """True if ``out`` already holds this spec's dataset, False if it is missing or empty.
+def _holds(out: Path, spec: Any, what: str) -> bool:
+    """True if ``out`` holds the dataset of ``spec``, False if it is missing or an empty folder.
 
     Raises:
         ValueError: ``out`` holds something else (another spec, or unrelated files).
     """
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return False
+    wanted = json.loads(json.dumps(asdict(spec)))  # tuples become lists, as in the file
     try:
-        same = json.loads((out / "COMPLETE").read_text()) == asdict(spec)
+        same = json.loads((out / "COMPLETE").read_text()) == wanted
     except (OSError, ValueError):
         same = False
     if not same:
         raise ValueError(
-            f"{out} already exists but does not hold the demo data for {spec}; "
+            f"{out} already exists but does not hold the {what} for {spec}; "
             "delete it or choose another folder"
         )
     return True
+
+
+def build_once(
+    out_dir: str | Path, spec: Any, generate: Callable[[Path], None], what: str
+) -> dict[str, Path]:
+    """Run ``generate(folder)`` unless ``out_dir`` already holds the dataset of ``spec``.
+
+    Everything is built in a temporary sibling folder that is renamed into place at the end,
+    so an interrupted run leaves nothing behind and racing callers all end with the same
+    data. ``generate`` must write ``COMPLETE`` holding ``asdict(spec)`` as JSON.
+
+    Returns:
+        The manifest path of each split, keyed ``"train"``, ``"val"`` and ``"test"``.
+
+    Raises:
+        ValueError: ``out_dir`` exists with a different spec or unrelated content.
+    """
+    out = Path(out_dir)
+    paths = {name: out / f"{name}.jsonl" for name in SPLITS}
+    if _holds(out, spec, what):
+        return paths
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the dataset should be readable like any folder
+    try:
+        generate(tmp)
+        try:
+            os.replace(tmp, out)  # atomic; fails if another caller already filled ``out``
+        except OSError:
+            if not _holds(out, spec, what):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return paths
 
 
 def make_demo_dataset(
@@ -302,20 +339,4 @@ def make_demo_dataset(
     Raises:
         ValueError: ``out_dir`` exists with a different spec or unrelated content.
     """
-    out = Path(out_dir)
-    paths = {name: out / f"{name}.jsonl" for name in SPLITS}
-    if _check_existing(out, spec):
-        return paths
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the dataset should be readable like any folder
-    try:
-        _generate(tmp, spec, progress)
-        try:
-            os.replace(tmp, out)  # atomic; fails if another caller already filled ``out``
-        except OSError:
-            if not _check_existing(out, spec):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return paths
+    return build_once(out_dir, spec, lambda folder: _generate(folder, spec, progress), "demo data")

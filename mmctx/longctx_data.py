@@ -17,9 +17,6 @@ sits (for analysis; models must not read it).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,12 +25,12 @@ import numpy as np
 from mmctx.demo_data import (
     _VOCAB,
     DIGIT_WORDS,
-    SPLITS,
     DemoSpec,
     _make_audio,
     _split_indices,
     _wav_bytes,
     _write_jsonl,
+    build_once,
 )
 
 __all__ = ["MODALITIES", "LongSpec", "make_longctx_dataset"]
@@ -166,27 +163,6 @@ def _generate(root: Path, spec: LongSpec, progress: bool) -> None:
     (root / "COMPLETE").write_text(json.dumps(asdict(spec), sort_keys=True) + "\n")
 
 
-def _holds(out: Path, spec: LongSpec) -> bool:
-    """True if ``out`` holds this spec's dataset, False if it is missing or an empty folder.
-
-    Raises:
-        ValueError: ``out`` holds something else (another spec, or unrelated files).
-    """
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        return False
-    wanted = json.loads(json.dumps(asdict(spec)))  # tuples become lists, as in the file
-    try:
-        same = json.loads((out / "COMPLETE").read_text()) == wanted
-    except (OSError, ValueError):
-        same = False
-    if not same:
-        raise ValueError(
-            f"{out} already exists but does not hold the long-context data for {spec}; "
-            "delete it or choose another folder"
-        )
-    return True
-
-
 def make_longctx_dataset(
     out_dir: str | Path, spec: LongSpec = _DEFAULT_SPEC, *, progress: bool = False
 ) -> dict[str, Path]:
@@ -211,20 +187,6 @@ def make_longctx_dataset(
     Raises:
         ValueError: ``out_dir`` exists with a different spec or unrelated content.
     """
-    out = Path(out_dir)
-    paths = {name: out / f"{name}.jsonl" for name in SPLITS}
-    if _holds(out, spec):
-        return paths
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
-        _generate(tmp, spec, progress)
-        try:
-            os.replace(tmp, out)  # atomic; refused when a racing caller has filled ``out``
-        except OSError:
-            if not _holds(out, spec):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return paths
+    return build_once(
+        out_dir, spec, lambda folder: _generate(folder, spec, progress), "long-context data"
+    )
