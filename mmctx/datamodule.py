@@ -212,7 +212,8 @@ class DemoDataModule(MultimodalDataModule):
     """The built-in tri-modal digits data, generated once into a cache folder.
 
     The data is written by :func:`mmctx.demo_data.make_demo_dataset` and then read back
-    through the ordinary manifest path, exactly like a user's dataset.
+    through the ordinary manifest path, exactly like a user's dataset. ``predict`` runs
+    on the test split unless ``predict_manifest`` is given.
 
     Args:
         num_samples: Samples in all splits together.
