@@ -58,6 +58,27 @@ _FADE_SECONDS = 0.005
 _MAX_TONE_SECONDS = 0.35
 
 
+def check_spec(spec: Any, **extra: bool) -> None:
+    """Raise a ValueError naming the first field of ``spec`` whose value is out of range.
+
+    Checks the fields every generated dataset has (size, seed, split fractions, sample
+    rate), then the ``extra`` ones (field name -> whether its value is fine).
+    """
+    checks = {
+        "num_samples": spec.num_samples >= 10,
+        "seed": spec.seed >= 0,
+        "val_fraction": 0 <= spec.val_fraction < 1,
+        "test_fraction": 0 <= spec.test_fraction < 1 and spec.val_fraction + spec.test_fraction < 1,
+        "sample_rate": spec.sample_rate >= 4000,  # the highest DTMF tone stays under Nyquist
+        **extra,
+    }
+    for name, ok in checks.items():
+        if not ok:
+            raise ValueError(
+                f"{type(spec).__name__}.{name}={getattr(spec, name)!r} is out of range"
+            )
+
+
 @dataclass(frozen=True)
 class DemoSpec:
     """What to generate; the same spec always yields byte-identical files.
@@ -85,20 +106,12 @@ class DemoSpec:
 
     def __post_init__(self) -> None:
         """Raise a ValueError naming the first field whose value is out of range."""
-        checks = {
-            "num_samples": self.num_samples >= 10,
-            "seed": self.seed >= 0,
-            "val_fraction": 0 <= self.val_fraction < 1,
-            "test_fraction": 0 <= self.test_fraction < 1
-            and self.val_fraction + self.test_fraction < 1,
-            "image_size": self.image_size >= 16,
-            "sample_rate": self.sample_rate >= 4000,
-            "clip_seconds": self.clip_seconds >= _MAX_TONE_SECONDS + 0.05,
-            "informative": 0 <= self.informative <= 1,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"DemoSpec.{name}={getattr(self, name)!r} is out of range")
+        check_spec(
+            self,
+            image_size=self.image_size >= 16,
+            clip_seconds=self.clip_seconds >= _MAX_TONE_SECONDS + 0.05,
+            informative=0 <= self.informative <= 1,
+        )
 
 
 _DEFAULT_SPEC = DemoSpec()

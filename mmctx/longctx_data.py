@@ -31,6 +31,7 @@ from mmctx.demo_data import (
     _wav_bytes,
     _write_jsonl,
     build_once,
+    check_spec,
 )
 
 __all__ = ["MODALITIES", "LongSpec", "make_longctx_dataset"]
@@ -76,23 +77,15 @@ class LongSpec:
         if isinstance(self.modalities, (list, tuple)):  # a list would not round-trip otherwise
             object.__setattr__(self, "modalities", tuple(self.modalities))
         mods = self.modalities
-        checks = {
-            "num_samples": self.num_samples >= 10,
-            "seed": self.seed >= 0,
-            "val_fraction": 0 <= self.val_fraction < 1,
-            "test_fraction": 0 <= self.test_fraction < 1
-            and self.val_fraction + self.test_fraction < 1,
-            "sample_rate": self.sample_rate >= 4000,
-            "audio_seconds": self.audio_seconds >= 1.0,
-            "text_words": self.text_words >= _MIN_TEXT_WORDS,
-            "modalities": isinstance(mods, tuple)
+        check_spec(
+            self,
+            audio_seconds=self.audio_seconds >= 1.0,
+            text_words=self.text_words >= _MIN_TEXT_WORDS,
+            modalities=isinstance(mods, tuple)
             and len(mods) > 0
             and len(set(mods)) == len(mods)
             and set(mods) <= set(MODALITIES),
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"LongSpec.{name}={getattr(self, name)!r} is out of range")
+        )
 
 
 _DEFAULT_SPEC = LongSpec()
