@@ -3,6 +3,12 @@
 Input batch (from ``mmctx.data.collate``): ``{"waveform": (b, s) float, "lengths": (b,)
 long, "sample_rate": int}``; a sample without audio has length 0.
 Output: ``(b, n, out_dim)``, one position per ``subsample`` mel frames.
+
+Long clips: with ``chunk_seconds`` the RNN reads the clip as independent chunks of that
+length, all chunks of the batch in one call, so a 10-minute clip costs a few hundred
+sequential RNN steps instead of tens of thousands, and the RNN's memory per step is bounded
+by the chunk. Each chunk's features see only their own chunk; the fusion backbone is what
+links chunks. Without it, one pass runs over the whole clip (exact bidirectional context).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mmctx.features import FeatureSequence
+from mmctx.transforms import SpecAugment
 
 from .base import ModalityEncoder
 
@@ -36,6 +43,10 @@ class AudioRNNEncoder(ModalityEncoder):
         rnn: ``"gru"`` or ``"lstm"``.
         dropout: Dropout between RNN layers.
         max_seconds: Read only the first ``max_seconds`` of each clip (None: all of it).
+        chunk_seconds: Run the RNN over independent chunks of this length (None: the
+            whole clip as one sequence). Chunks start at 0 s, so padding never moves them.
+        spec_augment: SpecAugment masks applied to the log-mel frames in training only,
+            batched on the model's device (e.g. ``{class_path: mmctx.transforms.SpecAugment}``).
     """
 
     modality = "audio"
@@ -52,6 +63,8 @@ class AudioRNNEncoder(ModalityEncoder):
         rnn: str = "gru",
         dropout: float = 0.0,
         max_seconds: float | None = None,
+        chunk_seconds: float | None = None,
+        spec_augment: SpecAugment | None = None,
     ) -> None:
         super().__init__()
         if rnn not in ("gru", "lstm"):
@@ -67,6 +80,13 @@ class AudioRNNEncoder(ModalityEncoder):
             sample_rate, n_fft=win, hop_length=self.hop, n_mels=n_mels
         )
         self.subsample = subsample
+        self.spec_augment = spec_augment
+        if chunk_seconds is not None and chunk_seconds <= 0:
+            raise ValueError(f"chunk_seconds must be > 0 or None, got {chunk_seconds}")
+        step_ms = hop_ms * subsample
+        self.chunk_steps = (
+            None if chunk_seconds is None else max(1, round(chunk_seconds * 1000 / step_ms))
+        )
         rnn_cls = nn.GRU if rnn == "gru" else nn.LSTM
         self.rnn = rnn_cls(
             n_mels * subsample,
@@ -105,15 +125,38 @@ class AudioRNNEncoder(ModalityEncoder):
         if self.max_samples is not None:
             waveform, lengths = waveform[:, : self.max_samples], lengths.clamp(max=self.max_samples)
         frames, valid = self.log_mel(waveform, lengths)
+        if self.spec_augment is not None:
+            frames = self.spec_augment(frames)
         b, t, m = frames.shape
         pad = (-t) % self.subsample
         frames = nn.functional.pad(frames, (0, 0, 0, pad))
         steps = frames.reshape(b, (t + pad) // self.subsample, m * self.subsample)  # (b, n, m*s)
         n_valid = (valid + self.subsample - 1) // self.subsample  # (b,)
+        if self.chunk_steps is None:
+            out = self._run_rnn(steps, n_valid)
+        else:
+            out = self._run_chunked(steps, n_valid, self.chunk_steps)
+        mask = torch.arange(steps.shape[1], device=out.device)[None] < n_valid[:, None]
+        return FeatureSequence(out * mask[..., None], mask)  # an empty clip gives zeros too
+
+    def _run_rnn(self, steps: Tensor, n_valid: Tensor) -> Tensor:
+        """The RNN over ``(b, n, f)`` steps of which the first ``n_valid`` count; pads are 0."""
         packed = pack_padded_sequence(
             steps, n_valid.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False
         )
         out, _ = self.rnn(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=steps.shape[1])
-        mask = torch.arange(steps.shape[1], device=out.device)[None] < n_valid[:, None]
-        return FeatureSequence(out, mask)
+        return out
+
+    def _run_chunked(self, steps: Tensor, n_valid: Tensor, chunk: int) -> Tensor:
+        """The RNN over each ``chunk`` steps as its own sequence; only chunks holding audio run."""
+        b, n, f = steps.shape
+        k = -(-n // chunk)
+        chunks = nn.functional.pad(steps, (0, 0, 0, k * chunk - n)).reshape(b * k, chunk, f)
+        starts = torch.arange(k, device=steps.device) * chunk
+        lengths = (n_valid[:, None] - starts[None]).clamp(0, chunk).reshape(-1)  # (b * k,)
+        used = (lengths > 0).nonzero().squeeze(1)
+        out = chunks.new_zeros(b * k, chunk, self.out_dim)
+        if used.numel():
+            out = out.index_copy(0, used, self._run_rnn(chunks[used], lengths[used]))
+        return out.reshape(b, k * chunk, self.out_dim)[:, :n]

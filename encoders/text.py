@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmctx.features import FeatureSequence
-from mmctx.positions import sinusoidal_positions
 from mmctx.tokenizer import PAD_ID, HashTokenizer
 
 from .base import ModalityEncoder
@@ -26,7 +25,9 @@ class TextTransformerEncoder(ModalityEncoder):
 
     With ``pretrained`` unset, words are hashed into ``vocab_size`` ids
     (:class:`~mmctx.tokenizer.HashTokenizer`) and a ``depth``-layer Transformer of width
-    ``dim`` is trained from scratch. With ``pretrained`` set to a local folder (or the
+    ``dim`` is trained from scratch; token and position embeddings (learned, one per place
+    in a window) start small (std 0.02, as in BERT and GPT-2), so that a rare telling word
+    can quickly learn to stand out. With ``pretrained`` set to a local folder (or the
     name of a model already in the local Hugging Face cache), its tokenizer and
     ``AutoModel`` are loaded without touching the network and ``dim``/``depth``/``heads``
     are ignored; ``out_dim`` is the model's hidden size.
@@ -68,10 +69,10 @@ class TextTransformerEncoder(ModalityEncoder):
         if pretrained is not None:
             self._load_pretrained(pretrained, freeze)
             limit = getattr(self.hf_model.config, "max_position_embeddings", max_tokens + 2) - 2
+            self.window = window or min(limit, max_tokens)
         else:
+            self.window = window or max_tokens
             self._build(dim, depth, heads, vocab_size, max_tokens, dropout)
-            limit = max_tokens
-        self.window = window or min(limit, max_tokens)
         self.stride = stride or max(1, self.window * 3 // 4)
         if not 0 < self.stride <= self.window:
             raise ValueError(f"stride must be in 1..window ({self.window}), got {stride}")
@@ -83,6 +84,10 @@ class TextTransformerEncoder(ModalityEncoder):
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         self.tokenizer = HashTokenizer(vocab_size, max_tokens)
         self.embed = nn.Embedding(vocab_size, dim, padding_idx=PAD_ID)
+        self.positions = nn.Embedding(self.window, dim)
+        for table in (self.embed, self.positions):
+            nn.init.normal_(table.weight, std=0.02)
+        self.embed.weight.data[PAD_ID] = 0.0
         layer = nn.TransformerEncoderLayer(
             dim, heads, 4 * dim, dropout, batch_first=True, norm_first=True, activation="gelu"
         )
@@ -129,7 +134,7 @@ class TextTransformerEncoder(ModalityEncoder):
         """Features ``(b, n, out_dim)`` of token windows no longer than the model's limit."""
         if self.hf_model is not None:
             return self._encode_window_pretrained(ids, mask)
-        x = self.embed(ids) + sinusoidal_positions(ids.shape[1], self.out_dim, ids.device)
+        x = self.embed(ids) + self.positions.weight[: ids.shape[1]]
         # A row with no tokens would give NaN in attention; let it see its padding
         # (its output is masked out anyway).
         attend = mask.clone()

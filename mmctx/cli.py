@@ -3,7 +3,9 @@
 ``mmctx fit --config configs/demo.yaml`` and friends are Lightning's CLI (YAML configs,
 ``--key value`` overrides, ``class_path``/``init_args``, ``--print_config``); the class
 names in configs resolve because the built-in components are imported here.
-``mmctx demo-data`` and ``mmctx digits-data`` write datasets.
+``mmctx demo-data`` and ``mmctx digits-data`` write datasets; ``mmctx augment-preview``
+and ``mmctx robustness`` show what augmentation does and how a trained model copes with
+missing or degraded modalities.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -38,6 +41,12 @@ Lightning commands (configured by YAML, see `mmctx COMMAND --help`):
 Data commands:
   demo-data     write the built-in tri-modal digits dataset to a folder
   digits-data   pair the real spoken and handwritten digits (shared/data) into manifests
+
+Augmentation and robustness:
+  augment-preview  picture of samples before/after the config's augmentation:
+                   mmctx augment-preview --config configs/demo_augment.yaml --out preview.png
+  robustness       accuracy with each modality removed and under rising noise (JSON, CSV, PNG):
+                   mmctx robustness --config configs/demo.yaml --ckpt BEST.ckpt --out report/
 
 Any config value can be overridden on the command line (--trainer.max_epochs 3),
 configs can be stacked (--config a.yaml --config b.yaml), and
@@ -78,9 +87,89 @@ def _digits_data(argv: Sequence[str]) -> int:
     return digits_main(argv)
 
 
+def _config_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog="Any other --key value (e.g. --data.init_args.batch_size 64) overrides the config.",
+    )
+    parser.add_argument(
+        "--config", action="append", required=True, help="YAML config (repeat to stack them)"
+    )
+    return parser
+
+
+def _from_config(configs: list[str], overrides: list[str]) -> MMCtxCLI:
+    """Model, data module and trainer built from configs as ``mmctx fit`` would, not run."""
+    argv = [arg for cfg in configs for arg in ("--config", cfg)] + overrides
+    return lightning_cli(argv, run=False, save_config_callback=None)
+
+
+def _augment_preview(argv: Sequence[str]) -> int:
+    from mmctx.augment_preview import augment_preview
+
+    parser = _config_parser(
+        "mmctx augment-preview",
+        "Draw a few training samples before and after the config's augmentation (images, "
+        "log-mel spectrograms of the audio, and text) into one PNG, so you can see what the "
+        "settings in data.augment (and the audio encoder's spec_augment) do.",
+    )
+    parser.add_argument("--out", required=True, help="PNG file to write")
+    parser.add_argument("--n", type=int, default=4, help="samples to show (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="augmentation seed (default: 0)")
+    args, overrides = parser.parse_known_args(argv)
+    cli = _from_config(args.config, overrides)
+    path = augment_preview(cli.model, cli.datamodule, args.out, n=args.n, seed=args.seed)
+    print(f"wrote {path}")
+    return 0
+
+
+def _robustness(argv: Sequence[str]) -> int:
+    import torch
+
+    from mmctx.robustness import DEFAULT_LEVELS, robustness_report, write_report
+
+    parser = _config_parser(
+        "mmctx robustness",
+        "Evaluate a trained classifier on one split clean, with each modality removed in "
+        "turn, and with each modality's noise swept from level 0 to 1. The noises are the "
+        "config's own data.augment corruptions (those with a sweep parameter); a modality "
+        "without one gets a default (text: CharTypos, image: ImageNoise, audio: AddNoise). "
+        "Writes robustness.json, robustness.csv and robustness.png.",
+    )
+    parser.add_argument("--ckpt", required=True, help="checkpoint of the trained model")
+    parser.add_argument("--out", required=True, help="folder for the report (created)")
+    parser.add_argument(
+        "--split", default="val", choices=["val", "test"], help="split (default: val)"
+    )
+    parser.add_argument(
+        "--levels",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_LEVELS),
+        help="corruption levels in [0, 1] (default: %(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="corruption seed (default: 0)")
+    args, overrides = parser.parse_known_args(argv)
+    cli = _from_config(args.config, overrides)
+    state = torch.load(args.ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    cli.model.load_state_dict(state)
+    if torch.cuda.is_available():
+        cli.model.cuda()
+    print(f"robustness of {args.ckpt} on the {args.split} split:")
+    results = robustness_report(
+        cli.model, cli.datamodule, split=args.split, levels=args.levels, seed=args.seed
+    )
+    paths = write_report(results, args.out, title=Path(args.ckpt).name)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 OWN_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "demo-data": _demo_data,
     "digits-data": _digits_data,
+    "augment-preview": _augment_preview,
+    "robustness": _robustness,
 }
 
 

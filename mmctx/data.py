@@ -39,6 +39,7 @@ from mmctx.io import (
     read_text,
 )
 from mmctx.manifest import LabelSpace, Sample
+from mmctx.transforms import Augment
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,9 @@ class ManifestDataset(Dataset):
         modalities: Modalities to load; others in the rows are ignored.
         preprocess: Decode and resize settings.
         strict: Raise on a sample that fails to decode instead of reporting it.
+        augment: Random transforms applied to each decoded sample (training data only).
+            Their randomness is drawn from torch's global generator, which
+            ``seed_everything`` and the DataLoader's per-worker seeding make reproducible.
     """
 
     def __init__(
@@ -84,12 +88,14 @@ class ManifestDataset(Dataset):
         modalities: tuple[str, ...],
         preprocess: Preprocess,
         strict: bool = False,
+        augment: Augment | None = None,
     ) -> None:
         self.samples = samples
         self.labels = labels
         self.modalities = modalities
         self.pre = preprocess
         self.strict = strict
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -97,7 +103,11 @@ class ManifestDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any] | SampleError:
         sample = self.samples[index]
         try:
-            item = {"id": sample.id, "line": sample.line, "inputs": self._load(sample)}
+            inputs = self._load(sample)
+            if self.augment is not None:
+                rng = np.random.default_rng(int(torch.randint(2**62, ())))
+                inputs = self.augment(inputs, rng)
+            item = {"id": sample.id, "line": sample.line, "inputs": inputs}
             if self.labels is not None:
                 item["label"] = self.labels.encode(sample.label)
             return item
@@ -135,8 +145,14 @@ class ManifestDataset(Dataset):
         return img.transpose(2, 0, 1)  # (c, h, w)
 
 
-def estimate_length(sample: Sample, tokens_per_audio_second: float, tokens_per_image: int) -> int:
-    """Cheap estimate of a sample's fused length, from headers and file sizes only."""
+def estimate_length(
+    sample: Sample,
+    tokens_per_audio_second: float,
+    tokens_per_image: int,
+    max_audio_seconds: float = float("inf"),
+) -> int:
+    """Cheap estimate of a sample's fused length, from headers and file sizes only (audio
+    counts up to ``max_audio_seconds``, the most that is read)."""
     n = 1
     if sample.text is not None:
         n += len(sample.text.split())
@@ -145,7 +161,8 @@ def estimate_length(sample: Sample, tokens_per_audio_second: float, tokens_per_i
     n += tokens_per_image * len(sample.media.get("image", []))
     for path in sample.media.get("audio", []):
         with contextlib.suppress(RuntimeError, OSError):  # reported when the sample is loaded
-            n += int(sf.info(str(path)).duration * tokens_per_audio_second)
+            seconds = min(sf.info(str(path)).duration, max_audio_seconds)
+            n += int(seconds * tokens_per_audio_second)
     return n
 
 
@@ -177,6 +194,44 @@ def _collate_audio(items: list[dict[str, Any]], pre: Preprocess) -> dict[str, An
 
 
 _COLLATE = {"text": _collate_text, "image": _collate_image, "audio": _collate_audio}
+
+
+def _remove_text(batch: dict[str, Any], rows: Tensor) -> None:
+    for row in rows.nonzero().flatten().tolist():
+        batch["text"][row] = ""
+    batch["present"] = batch["present"] & ~rows.to(batch["present"].device)
+
+
+def _remove_image(batch: dict[str, Any], rows: Tensor) -> None:
+    rows = rows.to(batch["mask"].device)
+    batch["mask"] = batch["mask"] & ~rows[:, None]
+    batch["pixels"] = batch["pixels"] * ~rows[:, None, None, None, None]
+
+
+def _remove_audio(batch: dict[str, Any], rows: Tensor) -> None:
+    rows = rows.to(batch["lengths"].device)
+    batch["lengths"] = batch["lengths"].masked_fill(rows, 0)
+    batch["waveform"] = batch["waveform"] * ~rows[:, None]
+
+
+_REMOVE = {"text": _remove_text, "image": _remove_image, "audio": _remove_audio}
+
+
+def drop_modalities(batch: dict[str, Any], drop: dict[str, Tensor]) -> dict[str, Any]:
+    """Remove modalities from some samples of a collated batch, in place, as if never there.
+
+    Args:
+        batch: A batch from :class:`Collate` (on any device).
+        drop: ``{modality: (b,) bool}``, True where that sample loses that modality.
+
+    Returns:
+        The same batch, with inputs and ``present`` flags updated.
+    """
+    for m, rows in drop.items():
+        if m in batch["inputs"] and rows.any():
+            _REMOVE[m](batch["inputs"][m], rows)
+            batch["present"][m] = _present(m, batch["inputs"][m])
+    return batch
 
 
 def _present(modality: str, batch: dict[str, Any]) -> Tensor:

@@ -12,15 +12,24 @@ import logging
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
 from mmctx.batching import TokenBudgetBatchSampler
-from mmctx.data import MODALITIES, Collate, ManifestDataset, Preprocess, estimate_length
+from mmctx.data import (
+    MODALITIES,
+    Collate,
+    ManifestDataset,
+    Preprocess,
+    drop_modalities,
+    estimate_length,
+)
 from mmctx.io import Limits
 from mmctx.manifest import LabelSpace, Sample, read_manifest
+from mmctx.transforms import Augment, ModalityDropout, Transform
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +55,20 @@ class MultimodalDataModule(L.LightningDataModule):
         image_channels: 1 (grayscale) or 3 (RGB).
         sample_rate: Audio is resampled to this rate.
         max_image_pixels: Larger images are rejected before decoding.
-        max_audio_seconds: Longer audio is rejected before reading.
+        max_audio_seconds: Longer audio is rejected before reading (or cropped, below).
         max_text_chars: Longer texts are rejected.
+        crop_long_audio: Keep the first ``max_audio_seconds`` of longer audio instead of
+            rejecting it; only that part is read from the file.
         strict: Stop at the first bad row or file instead of skipping and reporting it.
         max_tokens_per_batch: Batch by a token budget instead of ``batch_size``: samples of
             similar estimated fused length are grouped so that ``longest x count`` stays
             within it (see :class:`~mmctx.batching.TokenBudgetBatchSampler`).
         tokens_per_audio_second: Fused positions per second of audio, for that estimate.
         tokens_per_image: Fused positions per image, for that estimate.
+        augment: Transforms from :mod:`mmctx.transforms` applied to training samples only
+            (e.g. ``{class_path: mmctx.transforms.AddNoise, init_args: {snr_db: 10}}``).
+        modality_dropout: Per-modality probability of removing that modality from a
+            training sample (never all of a sample's modalities), e.g. ``{text: 0.3}``.
     """
 
     def __init__(
@@ -74,10 +89,13 @@ class MultimodalDataModule(L.LightningDataModule):
         max_image_pixels: int = 50_000_000,
         max_audio_seconds: float = 600.0,
         max_text_chars: int = 1_000_000,
+        crop_long_audio: bool = False,
         strict: bool = False,
         max_tokens_per_batch: int | None = None,
         tokens_per_audio_second: float = 50.0,
         tokens_per_image: int = 16,
+        augment: list[Transform] | None = None,
+        modality_dropout: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -106,8 +124,10 @@ class MultimodalDataModule(L.LightningDataModule):
             image_size,
             image_channels,
             sample_rate,
-            Limits(max_image_pixels, max_audio_seconds, max_text_chars),
+            Limits(max_image_pixels, max_audio_seconds, max_text_chars, crop_long_audio),
         )
+        self.augment = Augment(augment, sample_rate) if augment else None
+        self.modality_dropout = ModalityDropout(modality_dropout) if modality_dropout else None
         self.skipped: list[str] = []
 
     def use_generated(self, paths: dict[str, Path]) -> None:
@@ -158,8 +178,12 @@ class MultimodalDataModule(L.LightningDataModule):
     def multilabel(self) -> bool:
         return self.label_space.multilabel
 
-    def dataset(self, split: str) -> ManifestDataset:
-        """The dataset of one split; raises ValueError when that split has no manifest."""
+    def dataset(self, split: str, augment: Augment | None = None) -> ManifestDataset:
+        """The dataset of one split, with ``augment`` applied to each sample if given.
+
+        Raises:
+            ValueError: The split has no manifest.
+        """
         if split not in self._splits:
             raise ValueError(f"no data for split '{split}': set data.{split}_manifest")
         samples = self._splits[split]
@@ -168,11 +192,23 @@ class MultimodalDataModule(L.LightningDataModule):
             if split == "predict" and all(s.label is None for s in samples)
             else self.label_space
         )
-        return ManifestDataset(samples, labels, self.modalities, self.preprocess, self.strict)
+        return ManifestDataset(
+            samples, labels, self.modalities, self.preprocess, self.strict, augment
+        )
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def loader(
+        self, split: str, *, shuffle: bool = False, augment: Augment | None = None
+    ) -> DataLoader:
+        """A DataLoader over one split (the ``*_dataloader`` hooks and evaluation tools use it).
+
+        Args:
+            split: ``"train"``, ``"val"``, ``"test"`` or ``"predict"``.
+            shuffle: Shuffle the samples (or the token-budget batches).
+            augment: Transforms applied to every sample (the training hook passes the
+                configured ``augment``; the others pass none).
+        """
         num_classes = len(self.class_names) if self.multilabel else None
-        dataset = self.dataset(split)
+        dataset = self.dataset(split, augment)
         common = {
             "num_workers": self.num_workers,
             "collate_fn": Collate(self.modalities, self.preprocess, num_classes),
@@ -180,23 +216,31 @@ class MultimodalDataModule(L.LightningDataModule):
         }
         if self.max_tokens_per_batch is None:
             return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, **common)
-        lengths = [estimate_length(s, *self.length_rates) for s in dataset.samples]
+        seconds = self.preprocess.limits.max_audio_seconds
+        lengths = [estimate_length(s, *self.length_rates, seconds) for s in dataset.samples]
         sampler = TokenBudgetBatchSampler(
             lengths, self.max_tokens_per_batch, shuffle=shuffle, seed=self.split_seed
         )
         return DataLoader(dataset, batch_sampler=sampler, **common)
 
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> Any:
+        """Modality dropout on training batches, on the device they were moved to."""
+        trainer = getattr(self, "trainer", None)
+        if self.modality_dropout is not None and trainer is not None and trainer.training:
+            drop_modalities(batch, self.modality_dropout.choose(batch["present"]))
+        return batch
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self.loader("train", shuffle=True, augment=self.augment)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self.loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self.loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", shuffle=False)
+        return self.loader("predict")
 
 
 def default_cache_dir() -> Path:

@@ -99,3 +99,14 @@ def masked_mean(seq: FeatureSequence) -> Tensor:
     """
     weights = seq.mask.to(seq.features.dtype)[..., None]  # (b, n, 1)
     return (seq.features * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def masked_max(seq: FeatureSequence) -> Tensor:
+    """Feature-wise maximum over the valid positions (zeros for a sequence with none).
+
+    Returns:
+        ``(b, d)`` pooled features.
+    """
+    low = torch.finfo(seq.features.dtype).min
+    top = seq.features.masked_fill(~seq.mask[..., None], low).amax(1)
+    return torch.where(seq.mask.any(1, keepdim=True), top, torch.zeros_like(top))

@@ -24,14 +24,22 @@ from PIL import Image, UnidentifiedImageError
 
 @dataclass(frozen=True)
 class Limits:
-    """Decode limits, all positive; image pixels and audio seconds are checked from headers."""
+    """Decode limits, all positive; image pixels and audio seconds are checked from headers.
+
+    ``crop_long_audio`` chooses what happens to audio longer than ``max_audio_seconds``:
+    rejected with a :class:`DecodeError` (False), or cropped to its first
+    ``max_audio_seconds`` (True), reading only those frames from the file.
+    """
 
     max_image_pixels: int = 50_000_000
     max_audio_seconds: float = 600.0
     max_text_chars: int = 1_000_000
+    crop_long_audio: bool = False
 
     def __post_init__(self) -> None:
-        for field in fields(self):
+        if not isinstance(self.crop_long_audio, bool):
+            raise ValueError(f"Limits.crop_long_audio must be a bool, got {self.crop_long_audio!r}")
+        for field in fields(self)[:3]:
             value = getattr(self, field.name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ValueError(f"Limits.{field.name} must be a positive number, got {value!r}")
@@ -167,7 +175,8 @@ def read_audio(
     Args:
         path: Audio file.
         sample_rate: Resample to this rate (Hz) when given and different from the file's.
-        limits: ``max_audio_seconds`` is checked from the header before reading samples.
+        limits: ``max_audio_seconds`` is checked from the header before reading samples;
+            longer audio is rejected, or with ``crop_long_audio`` read only up to the limit.
 
     Returns:
         ``(s,)`` float32 array in ``[-1, 1]``: channels averaged, then resampled if asked.
@@ -183,10 +192,13 @@ def read_audio(
     try:  # libsndfile errors are RuntimeErrors; DecodeError (a ValueError) passes through.
         info = sf.info(path)  # header only: reject long audio before reading any samples
         seconds = info.frames / max(info.samplerate, 1)
+        frames = -1  # all
         if seconds > limits.max_audio_seconds:
-            limit = f"max_audio_seconds={limits.max_audio_seconds:g}"
-            raise DecodeError(path, f"audio is {seconds:.1f} s, over {limit}")
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
+            if not limits.crop_long_audio:
+                limit = f"max_audio_seconds={limits.max_audio_seconds:g}"
+                raise DecodeError(path, f"audio is {seconds:.1f} s, over {limit}")
+            frames = int(limits.max_audio_seconds * info.samplerate)
+        data, rate = sf.read(path, frames=frames, dtype="float32", always_2d=True)
     except (RuntimeError, TypeError) as err:
         detail = (getattr(err, "error_string", None) or str(err)).strip()
         raise DecodeError(path, f"not a decodable audio file ({detail})") from None

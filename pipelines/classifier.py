@@ -17,7 +17,9 @@ from torchmetrics.classification import Accuracy, F1Score
 from mmctx.backbones import FusionBackbone
 from mmctx.encoders import ModalityEncoder
 from mmctx.features import FeatureSequence
-from mmctx.fusion import MultimodalFusion, masked_mean
+from mmctx.fusion import MultimodalFusion, masked_max, masked_mean
+
+POOLS = {"mean": masked_mean, "max": masked_max, "summary": lambda seq: seq.features[:, 0]}
 
 
 def save_config(module: L.LightningModule, objects: list[str]) -> None:
@@ -62,10 +64,11 @@ class MultimodalClassifier(L.LightningModule):
         backbone: The fusion backbone; its ``dim`` is the fused width.
         class_names: Class names in index order (the CLI takes them from the data).
         multilabel: Sigmoid outputs and one binary decision per class instead of softmax.
-        pool: How the fused sequence becomes one vector: ``"mean"`` over valid positions,
-            or ``"summary"``, the summary token at position 0 (better for long inputs where
-            the evidence is a few positions among thousands; pair it with a backbone whose
-            summary token sees everything, such as ``SlidingWindowBackbone``).
+        pool: How the fused sequence becomes one vector: ``"mean"`` over valid positions;
+            ``"max"``, the feature-wise maximum over valid positions (for long inputs where
+            the evidence is a few positions among thousands); or ``"summary"``, the summary
+            token at position 0 (pair it with a backbone whose summary token sees
+            everything, such as ``SlidingWindowBackbone``).
         dropout: Dropout before the output layer.
         optimizer: Optimizer factory (default AdamW, lr 1e-3, weight decay 0.01).
         lr_scheduler: Scheduler factory stepped every step; default linear warm-up then cosine.
@@ -89,8 +92,8 @@ class MultimodalClassifier(L.LightningModule):
                 raise ValueError(
                     f"encoders[{name!r}] is a {type(enc).__name__} for {enc.modality!r}"
                 )
-        if pool not in ("mean", "summary"):
-            raise ValueError(f"pool must be 'mean' or 'summary', got {pool!r}")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {sorted(POOLS)}, got {pool!r}")
         if len(class_names) < 2 and not multilabel:
             raise ValueError(f"need at least 2 classes, got class_names={class_names}")
         self.encoders = nn.ModuleDict(encoders)
@@ -125,8 +128,7 @@ class MultimodalClassifier(L.LightningModule):
     def forward(self, inputs: dict[str, Any]) -> Tensor:
         """Logits ``(b, classes)`` from the collated ``inputs`` of a batch."""
         fused = self.embed(inputs)  # (b, n, d)
-        pooled = fused.features[:, 0] if self.pool == "summary" else masked_mean(fused)
-        return self.head(pooled)
+        return self.head(POOLS[self.pool](fused))
 
     def embed(self, inputs: dict[str, Any]) -> FeatureSequence:
         """The backbone's output sequence ``(b, n, d)`` (for heads other than this one)."""

@@ -30,7 +30,10 @@ def test_help_lists_every_command(capsys):
         assert f"\n  {command}" in out
 
 
-OVERLAYS = {"longctx_truncated.yaml": "longctx_demo.yaml"}  # configs meant to be stacked on a base
+OVERLAYS = {  # configs meant to be stacked on a base
+    "longctx_truncated.yaml": "longctx_demo.yaml",
+    "demo_augment.yaml": "demo.yaml",
+}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])

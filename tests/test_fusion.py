@@ -3,7 +3,7 @@ import torch
 
 from mmctx.backbones import TransformerBackbone
 from mmctx.features import FeatureSequence
-from mmctx.fusion import MultimodalFusion, masked_mean
+from mmctx.fusion import MultimodalFusion, masked_max, masked_mean
 
 
 def _feats():
@@ -64,3 +64,10 @@ def test_modality_tokens_are_global_and_present_only_with_their_modality():
     ]
     assert seq.mask[1, 6].item() is False  # sample 1 has no text: its text token is masked
     assert seq.mask[1, 1].item() is True
+
+
+def test_masked_max_ignores_padding_and_empty_rows():
+    feats = torch.tensor([[[1.0, -5.0], [9.0, 9.0]], [[-3.0, 2.0], [0.0, 0.0]]])
+    mask = torch.tensor([[True, False], [False, False]])
+    pooled = masked_max(FeatureSequence(feats, mask))
+    assert pooled.tolist() == [[1.0, -5.0], [0.0, 0.0]]

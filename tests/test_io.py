@@ -205,6 +205,14 @@ def test_audio_over_duration_limit(tmp_path):
         read_audio(path, limits=Limits(max_audio_seconds=1.0))
 
 
+def test_long_audio_cropped_when_asked(tmp_path):
+    path = _write_wav(tmp_path / "long.wav", np.linspace(-0.5, 0.5, 16000))  # 2 s at 8 kHz
+    cropped = read_audio(path, limits=Limits(max_audio_seconds=0.5, crop_long_audio=True))
+    np.testing.assert_allclose(cropped, np.linspace(-0.5, 0.5, 16000)[:4000], atol=1e-4)
+    with pytest.raises(ValueError, match="crop_long_audio must be a bool"):
+        Limits(crop_long_audio=1)
+
+
 def test_audio_without_frames(tmp_path):
     path = _write_wav(tmp_path / "silent.wav", np.zeros(0))
     with pytest.raises(DecodeError, match=r"silent\.wav: no audio frames"):

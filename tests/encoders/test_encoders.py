@@ -76,6 +76,37 @@ def test_audio_mask_follows_length_and_padding_does_not_leak():
     torch.testing.assert_close(alone.features[0, :19], seq.features[2, :19], atol=1e-5, rtol=1e-4)
 
 
+def test_audio_chunks_are_independent_rnn_runs():
+    torch.manual_seed(0)
+    enc = AudioRNNEncoder(sample_rate=8000, n_mels=4, hidden_dim=3, num_layers=1).eval()
+    steps = torch.randn(3, 23, 8)
+    n_valid = torch.tensor([23, 10, 0])
+    out = enc._run_chunked(steps, n_valid, chunk=5)
+    assert out.shape == (3, 23, 6)
+    for start in range(0, 23, 5):
+        piece = steps[:, start : start + 5]
+        lengths = (n_valid - start).clamp(0, 5)
+        alone = enc._run_rnn(piece, lengths)
+        for row, n in enumerate(lengths.tolist()):
+            got = out[row, start : start + piece.shape[1]]
+            torch.testing.assert_close(got[:n], alone[row, :n])
+            assert not got[n:].any()  # positions past the audio stay zero
+
+
+def test_audio_chunking_covering_the_clip_is_the_plain_encoder():
+    torch.manual_seed(0)
+    kw = dict(sample_rate=8000, n_mels=16, hop_ms=10, subsample=2, hidden_dim=8, num_layers=1)
+    plain = AudioRNNEncoder(**kw).eval()
+    chunked = AudioRNNEncoder(**kw, chunk_seconds=2.0).eval()
+    chunked.load_state_dict(plain.state_dict())
+    batch = audio_batch()  # clips of at most 1 s: one chunk each
+    a, b = plain(batch), chunked(batch)
+    torch.testing.assert_close(a.features, b.features)
+    assert torch.equal(a.mask, b.mask)
+    with pytest.raises(ValueError, match="chunk_seconds"):
+        AudioRNNEncoder(chunk_seconds=0)
+
+
 def test_audio_rejects_a_different_sample_rate():
     enc = AudioRNNEncoder(sample_rate=16000, n_mels=16, hidden_dim=8)
     with pytest.raises(ValueError, match="got audio at 8000 Hz"):

@@ -86,12 +86,14 @@ def test_constructor_errors():
             TransformerBackbone(dim=16, heads=2),
             ["a", "b"],
         )
-    with pytest.raises(ValueError, match="pool must be 'mean' or 'summary', got 'max'"):
+    with pytest.raises(
+        ValueError, match=r"pool must be one of \['max', 'mean', 'summary'\], got 'min'"
+    ):
         MultimodalClassifier(
             {"text": TextTransformerEncoder(dim=16, heads=2)},
             TransformerBackbone(dim=16, heads=2),
             ["a", "b"],
-            pool="max",
+            pool="min",
         )
     with pytest.raises(ValueError, match="at least 2 classes"):
         MultimodalClassifier(
