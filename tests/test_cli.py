@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 
 from mmctx.cli import main
@@ -46,6 +47,12 @@ def test_every_shipped_config_parses(config, capsys):
     assert exit_info.value.code in (0, None)
     out = capsys.readouterr().out
     assert "class_path: mmctx.pipelines." in out and "data:" in out
+    if config.name in OVERLAYS:  # an overlay must not drop the base's encoders
+        base_encoders = yaml.safe_load((config.parent / OVERLAYS[config.name]).read_text())
+        merged = yaml.safe_load(out)
+        assert set(merged["model"]["init_args"]["encoders"]) == set(
+            base_encoders["model"]["init_args"]["encoders"]
+        )
 
 
 def test_demo_data_command_writes_manifests(tmp_path, capsys):
