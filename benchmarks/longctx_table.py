@@ -1,8 +1,8 @@
 """Long context against truncation on the built-in long-input data.
 
-Trains ``configs/longctx_demo.yaml`` as it is (the whole ~6,000-position input), then
-again with ``configs/longctx_truncated.yaml`` stacked on it (each modality cut to its
-first 512 positions), and evaluates each best checkpoint on validation and test.
+Trains ``configs/longctx_demo.yaml`` as it is (the whole ~3,500-position input), then
+again with ``configs/longctx_truncated.yaml`` stacked on it (cut to 512 positions: the
+first 256 of each modality), and evaluates each best checkpoint on validation and test.
 Prints a Markdown table and writes JSON.
 
     python benchmarks/longctx_table.py --out benchmarks/results/longctx.json [--trainer.max_epochs=4 ...]
@@ -22,7 +22,7 @@ from mmctx.cli import fit_and_evaluate
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "long context (all positions)": [],
-    "truncated to 512 positions per modality": [
+    "truncated to 512 positions (256 per modality)": [
         "--config",
         str(ROOT / "configs" / "longctx_truncated.yaml"),
     ],

@@ -175,6 +175,7 @@ class FusionBackbone(nn.Module):
         dropout: float,
         grad_checkpointing: bool,
         make_attention: Callable[[], nn.Module],
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         if depth < 0:
@@ -185,6 +186,11 @@ class FusionBackbone(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
         self.grad_checkpointing = grad_checkpointing
+        if zero_init_residual:  # every block starts as the identity (as in Fixup / SkipInit)
+            for block in self.blocks:
+                for last in (block.attn.out, block.mlp[-1]):
+                    nn.init.zeros_(last.weight)
+                    nn.init.zeros_(last.bias)
 
     def run_block(self, block: nn.Module, x: Tensor, mask: Tensor, **kwargs: Any) -> Tensor:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
@@ -209,6 +215,9 @@ class TransformerBackbone(FusionBackbone):
         dropout: Dropout on attention weights and residual branches.
         rotary: Rotary positions inside attention.
         grad_checkpointing: Recompute each block in the backward pass to save memory.
+        zero_init_residual: Start every block as the identity (zero output projections of
+            attention and MLP). Helps a deep stack learn to carry one telling position
+            through thousands (the long-context demo needs it).
     """
 
     def __init__(
@@ -220,6 +229,7 @@ class TransformerBackbone(FusionBackbone):
         dropout: float = 0.1,
         rotary: bool = True,
         grad_checkpointing: bool = False,
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__(
             dim,
@@ -228,6 +238,7 @@ class TransformerBackbone(FusionBackbone):
             dropout,
             grad_checkpointing,
             lambda: DenseAttention(dim, heads, dropout, rotary),
+            zero_init_residual,
         )
 
 
@@ -246,6 +257,9 @@ class SlidingWindowBackbone(FusionBackbone):
         dropout: Dropout on residual branches.
         rotary: Rotary positions inside attention.
         grad_checkpointing: Recompute each block in the backward pass to save memory.
+        zero_init_residual: Start every block as the identity (zero output projections of
+            attention and MLP). Helps a deep stack learn to carry one telling position
+            through thousands (the long-context demo needs it).
     """
 
     global_tokens = True
@@ -260,6 +274,7 @@ class SlidingWindowBackbone(FusionBackbone):
         dropout: float = 0.1,
         rotary: bool = True,
         grad_checkpointing: bool = False,
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__(
             dim,
@@ -268,6 +283,7 @@ class SlidingWindowBackbone(FusionBackbone):
             dropout,
             grad_checkpointing,
             lambda: SlidingWindowAttention(dim, heads, window, rotary),
+            zero_init_residual,
         )
 
 
@@ -289,6 +305,9 @@ class SegmentMemoryBackbone(FusionBackbone):
         dropout: Dropout on attention weights and residual branches.
         rotary: Rotary positions inside attention.
         grad_checkpointing: Recompute each block in the backward pass to save memory.
+        zero_init_residual: Start every block as the identity (zero output projections of
+            attention and MLP). Helps a deep stack learn to carry one telling position
+            through thousands (the long-context demo needs it).
     """
 
     def __init__(
@@ -302,6 +321,7 @@ class SegmentMemoryBackbone(FusionBackbone):
         dropout: float = 0.1,
         rotary: bool = True,
         grad_checkpointing: bool = False,
+        zero_init_residual: bool = False,
     ) -> None:
         if segment <= 0:
             raise ValueError(f"segment must be > 0, got {segment}")
@@ -314,6 +334,7 @@ class SegmentMemoryBackbone(FusionBackbone):
             dropout,
             grad_checkpointing,
             lambda: DenseAttention(dim, heads, dropout, rotary),
+            zero_init_residual,
         )
         self.segment = segment
         self.memory = segment if memory is None else memory

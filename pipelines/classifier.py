@@ -19,7 +19,7 @@ from mmctx.encoders import ModalityEncoder
 from mmctx.features import FeatureSequence
 from mmctx.fusion import MultimodalFusion, masked_max, masked_mean
 
-POOLS = {"mean": masked_mean, "max": masked_max, "summary": lambda seq: seq.features[:, 0]}
+POOLS = ("mean", "max", "summary", "attention")
 
 
 def save_config(module: L.LightningModule, objects: list[str]) -> None:
@@ -66,9 +66,11 @@ class MultimodalClassifier(L.LightningModule):
         multilabel: Sigmoid outputs and one binary decision per class instead of softmax.
         pool: How the fused sequence becomes one vector: ``"mean"`` over valid positions;
             ``"max"``, the feature-wise maximum over valid positions (for long inputs where
-            the evidence is a few positions among thousands); or ``"summary"``, the summary
+            the evidence is a few positions among thousands); ``"summary"``, the summary
             token at position 0 (pair it with a backbone whose summary token sees
-            everything, such as ``SlidingWindowBackbone``).
+            everything, such as ``SlidingWindowBackbone``); or ``"attention"``, a learned
+            score per position and the softmax-weighted sum (attention pooling: learns to
+            find a few telling positions among thousands much sooner than the others).
         dropout: Dropout before the output layer.
         optimizer: Optimizer factory (default AdamW, lr 1e-3, weight decay 0.01).
         lr_scheduler: Scheduler factory stepped every step; default linear warm-up then cosine.
@@ -94,6 +96,7 @@ class MultimodalClassifier(L.LightningModule):
                 )
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {sorted(POOLS)}, got {pool!r}")
+        self.pool_score = nn.Linear(backbone.dim, 1) if pool == "attention" else None
         if len(class_names) < 2 and not multilabel:
             raise ValueError(f"need at least 2 classes, got class_names={class_names}")
         self.encoders = nn.ModuleDict(encoders)
@@ -128,7 +131,18 @@ class MultimodalClassifier(L.LightningModule):
     def forward(self, inputs: dict[str, Any]) -> Tensor:
         """Logits ``(b, classes)`` from the collated ``inputs`` of a batch."""
         fused = self.embed(inputs)  # (b, n, d)
-        return self.head(POOLS[self.pool](fused))
+        return self.head(self.pooled(fused))
+
+    def pooled(self, seq: FeatureSequence) -> Tensor:
+        """One ``(b, d)`` vector per sample from the backbone's output (see ``pool``)."""
+        if self.pool == "mean":
+            return masked_mean(seq)
+        if self.pool == "max":
+            return masked_max(seq)
+        if self.pool == "summary":
+            return seq.features[:, 0]
+        score = self.pool_score(seq.features).squeeze(-1).masked_fill(~seq.mask, float("-inf"))
+        return (score.softmax(-1)[..., None] * seq.features).sum(1)  # position 0 is always valid
 
     def embed(self, inputs: dict[str, Any]) -> FeatureSequence:
         """The backbone's output sequence ``(b, n, d)`` (for heads other than this one)."""

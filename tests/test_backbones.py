@@ -95,3 +95,13 @@ def test_constructor_errors():
         SegmentMemoryBackbone(segment=0)
     with pytest.raises(ValueError, match="window must be >= 0, got -1"):
         SlidingWindowBackbone(window=-1)
+
+
+@pytest.mark.parametrize("cls", [TransformerBackbone, SlidingWindowBackbone, SegmentMemoryBackbone])
+def test_zero_init_residual_starts_as_layer_norm(cls):
+    backbone = cls(dim=16, heads=2, depth=2, zero_init_residual=True).eval()
+    seq = FeatureSequence(torch.randn(2, 9, 16), torch.ones(2, 9, dtype=torch.bool))
+    out = backbone(seq).features
+    torch.testing.assert_close(out, backbone.norm(seq.features))
+    plain = cls(dim=16, heads=2, depth=2).eval()
+    assert not torch.allclose(plain(seq).features, plain.norm(seq.features))

@@ -3,6 +3,7 @@ import torch
 
 from mmctx.backbones import TransformerBackbone
 from mmctx.encoders import AudioRNNEncoder, TextTransformerEncoder
+from mmctx.features import FeatureSequence
 from mmctx.pipelines import MultimodalClassifier
 
 
@@ -87,7 +88,8 @@ def test_constructor_errors():
             ["a", "b"],
         )
     with pytest.raises(
-        ValueError, match=r"pool must be one of \['max', 'mean', 'summary'\], got 'min'"
+        ValueError,
+        match=r"pool must be one of \['attention', 'max', 'mean', 'summary'\], got 'min'",
     ):
         MultimodalClassifier(
             {"text": TextTransformerEncoder(dim=16, heads=2)},
@@ -106,3 +108,20 @@ def test_constructor_errors():
 def test_plain_python_hparams_hold_no_objects():
     model = _model()
     assert set(model.hparams) == {"class_names", "multilabel", "pool", "dropout"}
+
+
+def test_attention_pool_follows_the_scores_and_skips_padding():
+    model = MultimodalClassifier(
+        {"text": TextTransformerEncoder(dim=4, heads=2)},
+        TransformerBackbone(dim=4, heads=2),
+        ["a", "b"],
+        pool="attention",
+    )
+    with torch.no_grad():
+        model.pool_score.weight.copy_(torch.tensor([[50.0, 0.0, 0.0, 0.0]]))
+        model.pool_score.bias.zero_()
+    feats = torch.zeros(1, 4, 4)
+    feats[0, 1] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    feats[0, 3] = torch.tensor([9.0, 9.0, 9.0, 9.0])  # padding: higher score, never used
+    seq = FeatureSequence(feats, torch.tensor([[True, True, True, False]]))
+    torch.testing.assert_close(model.pooled(seq), feats[:, 1], atol=1e-6, rtol=0)
