@@ -75,14 +75,15 @@ def augment_preview(
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     clean_set = datamodule.dataset("train")
-    aug_set = datamodule.dataset("train", datamodule.augment)
     torch.manual_seed(seed)
     pairs: list[tuple[dict[str, Any], dict[str, Any], set[str]]] = []
     for i in range(len(clean_set)):
         clean = clean_set[i]
         if isinstance(clean, Exception):
             continue
-        augmented = aug_set[i]["inputs"]
+        augmented = clean["inputs"]  # each sample is decoded once and augmented from that
+        if datamodule.augment is not None:
+            augmented = datamodule.augment(augmented, np.random.default_rng([seed, i]))
         dropped: set[str] = set()
         if datamodule.modality_dropout is not None:
             present = {m: torch.tensor([m in clean["inputs"]]) for m in datamodule.modalities}

@@ -112,8 +112,8 @@ def accuracy(
         count += len(batch["ids"])
     if count == 0:
         raise ValueError(f"no sample of split {split!r} could be scored")
-    name = next(k for k in metrics.compute() if k.endswith("acc"))
-    return float(metrics.compute()[name]), count
+    scores = metrics.compute()
+    return float(next(v for k, v in scores.items() if k.endswith("acc"))), count
 
 
 def robustness_report(
