@@ -6,6 +6,7 @@ from .audio import AudioRNNEncoder
 from .base import ModalityEncoder
 from .image import ImageCNNEncoder
 from .text import TextTransformerEncoder
+from .video import VideoCNNEncoder
 
 __all__ = [
     "AudioRNNEncoder",
@@ -13,4 +14,5 @@ __all__ = [
     "ImageCNNEncoder",
     "ModalityEncoder",
     "TextTransformerEncoder",
+    "VideoCNNEncoder",
 ]

@@ -11,6 +11,11 @@ gap is what makes it a useful smoke test of multimodal fusion.
 Sample ``i`` draws everything from ``np.random.default_rng([seed, i])``; labels (an exact
 permutation of ``i % 10``) and the split come from ``np.random.default_rng(seed)``. Files are
 generated in a temporary sibling folder and renamed into place, so concurrent callers are safe.
+
+With ``DemoSpec.video_frames > 0`` every row also gets a short video (``"video"``): the glyph
+drifting a little from frame to frame, or drifting clutter when the video is not informative
+(chance ``informative``, like the others). Its randomness comes from a separate generator,
+so the text, image and audio files are the same with or without video.
 """
 
 from __future__ import annotations
@@ -56,6 +61,10 @@ _FONTS = tuple(
 _SUPERSAMPLE = 4  # glyphs are drawn at 4x and reduced with INTER_AREA
 _FADE_SECONDS = 0.005
 _MAX_TONE_SECONDS = 0.35
+VIDEO_FPS = 4.0  # frame rate of the demo videos
+_VIDEO_FOURCC = "MJPG"  # Motion-JPEG in AVI: OpenCV writes and reads it, byte-stable
+_VIDEO_DRIFT = 1.0  # largest glyph motion, in pixels per frame along each axis
+_LATER_FIELDS = ("video_frames",)  # may be missing from older COMPLETE files, meaning 0
 
 
 def check_spec(spec: Any, **extra: bool) -> None:
@@ -93,6 +102,10 @@ class DemoSpec:
         clip_seconds: Length of each audio clip (>= 0.4, to hold the longest tone).
         informative: Chance that each modality carries the digit in a sample, in [0, 1]. When it
             does not, it is absent from the row half the time and present-but-corrupted otherwise.
+        video_frames: Frames of a video added to every row (0: no video, the default). The
+            videos are Motion-JPEG AVI files of ``image_size`` (rounded down to even) square
+            frames at ``VIDEO_FPS`` frames per second; never absent, corrupted (clutter) when
+            not informative.
     """
 
     num_samples: int = 3000
@@ -103,6 +116,7 @@ class DemoSpec:
     sample_rate: int = 8000
     clip_seconds: float = 1.0
     informative: float = 0.72
+    video_frames: int = 0
 
     def __post_init__(self) -> None:
         """Raise a ValueError naming the first field whose value is out of range."""
@@ -111,6 +125,7 @@ class DemoSpec:
             image_size=self.image_size >= 16,
             clip_seconds=self.clip_seconds >= _MAX_TONE_SECONDS + 0.05,
             informative=0 <= self.informative <= 1,
+            video_frames=self.video_frames >= 0,
         )
 
 
@@ -211,6 +226,25 @@ def _make_audio(
     return (clip / max(1.0, np.abs(clip).max() / 0.99)).astype(np.float32), start, n
 
 
+def _write_video(rng: np.random.Generator, digit: int | None, spec: DemoSpec, path: Path) -> None:
+    """Write ``spec.video_frames`` frames of a glyph (or clutter) drifting at a random speed."""
+    size = spec.image_size - spec.image_size % 2  # the codecs need even sides
+    still = _make_image(rng, digit, size)
+    vx, vy = rng.uniform(-_VIDEO_DRIFT, _VIDEO_DRIFT, size=2)
+    fourcc = cv2.VideoWriter_fourcc(*_VIDEO_FOURCC)
+    writer = cv2.VideoWriter(str(path), fourcc, VIDEO_FPS, (size, size), True)
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write {_VIDEO_FOURCC} video to {path}")
+    try:
+        for k in range(spec.video_frames):
+            offset = k - (spec.video_frames - 1) / 2  # centred, so the glyph stays in view
+            shift = np.float32([[1, 0, vx * offset], [0, 1, vy * offset]])
+            frame = cv2.warpAffine(still, shift, (size, size), borderMode=cv2.BORDER_REPLICATE)
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
+    finally:
+        writer.release()
+
+
 def _wav_bytes(clip: np.ndarray, rate: int) -> bytes:
     """Encode ``clip`` as 16-bit PCM WAV in memory (writing to a path fsyncs every file: slow)."""
     buffer = io.BytesIO()
@@ -241,6 +275,12 @@ def _make_sample(index: int, label: int, spec: DemoSpec, root: Path) -> tuple[di
         clip, _, _ = _make_audio(rng, carries["audio"], spec)
         (root / row["audio"]).write_bytes(_wav_bytes(clip, spec.sample_rate))
     truth = {"id": sample_id, "informative": dict(zip(MODALITIES, flags, strict=True))}
+    if spec.video_frames:
+        vrng = np.random.default_rng([spec.seed, index, 1])  # apart: other files stay the same
+        informative_video = bool(vrng.random() < spec.informative)
+        row["video"] = f"video/{sample_id}.avi"
+        _write_video(vrng, label if informative_video else None, spec, root / row["video"])
+        truth["informative"]["video"] = informative_video
     return row, truth
 
 
@@ -259,7 +299,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def _generate(root: Path, spec: DemoSpec, progress: bool) -> None:
     """Write every file of the dataset into the empty folder ``root``, ending with COMPLETE."""
-    for folder in ("images", "audio"):
+    for folder in ("images", "audio") + (("video",) if spec.video_frames else ()):
         (root / folder).mkdir()
     master = np.random.default_rng(spec.seed)
     labels = master.permutation(np.arange(spec.num_samples) % 10)
@@ -276,6 +316,14 @@ def _generate(root: Path, spec: DemoSpec, progress: bool) -> None:
     (root / "COMPLETE").write_text(json.dumps(asdict(spec), sort_keys=True) + "\n")
 
 
+def _without_off_fields(record: Any) -> Any:
+    """A spec record without the later fields that are 0 (off): caches written before those
+    fields existed match the same spec."""
+    if not isinstance(record, dict):
+        return record
+    return {k: v for k, v in record.items() if not (k in _LATER_FIELDS and v == 0)}
+
+
 def _holds(out: Path, spec: Any, what: str) -> bool:
     """True if ``out`` holds the dataset of ``spec``, False if it is missing or an empty folder.
 
@@ -286,7 +334,8 @@ def _holds(out: Path, spec: Any, what: str) -> bool:
         return False
     wanted = json.loads(json.dumps(asdict(spec)))  # tuples become lists, as in the file
     try:
-        same = json.loads((out / "COMPLETE").read_text()) == wanted
+        found = json.loads((out / "COMPLETE").read_text())
+        same = _without_off_fields(found) == _without_off_fields(wanted)
     except (OSError, ValueError):
         same = False
     if not same:
@@ -336,8 +385,9 @@ def make_demo_dataset(
 ) -> dict[str, Path]:
     """Generate the demo dataset under ``out_dir`` unless it is already there.
 
-    Writes ``images/``, ``audio/``, ``train.jsonl``, ``val.jsonl``, ``test.jsonl``, ``truth.jsonl``
-    (which modalities carry the digit, for analysis only) and ``COMPLETE`` (the spec as JSON).
+    Writes ``images/``, ``audio/`` (and ``video/`` if asked), ``train.jsonl``, ``val.jsonl``,
+    ``test.jsonl``, ``truth.jsonl`` (which modalities carry the digit, for analysis only) and
+    ``COMPLETE`` (the spec as JSON).
     Everything is built in a temporary sibling folder that is renamed into place at the end, so
     an interrupted run leaves nothing behind and racing callers all end with the same data.
 

@@ -118,6 +118,16 @@ def _check_header_size(path: str, data: bytes, limits: Limits) -> None:
     _check_pixels(path, width, height, limits)
 
 
+def _check_complete(path: str, data: bytes) -> None:
+    """Reject JPEG and PNG files cut short: some decoders fill the missing rows with grey
+    and only warn on stderr. A JPEG must end its last scan with an end-of-image marker, a
+    PNG must carry its IEND chunk."""
+    if data.startswith(b"\xff\xd8\xff") and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        raise DecodeError(path, "truncated JPEG (the image data stops before its end marker)")
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data.rfind(b"IEND") < 0:
+        raise DecodeError(path, "truncated PNG (no IEND chunk)")
+
+
 def _to_uint8(path: str, img: np.ndarray) -> np.ndarray:
     if img.dtype == np.uint8:
         return img
@@ -150,6 +160,7 @@ def read_image(
     _check_regular_file(path)
     data = _read_bytes(path)
     _check_header_size(path, data, limits)
+    _check_complete(path, data)
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:
@@ -165,6 +176,30 @@ def read_image(
     if channels == 1:
         return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[:, :, None]
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _check_wav_complete(path: str, size: int) -> None:
+    """Reject a RIFF/WAVE file shorter than its data chunk declares (libsndfile would
+    silently return only the frames present)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as err:
+        raise DecodeError(path, f"cannot read: {err.strerror or err}") from None
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
+    pos = 12
+    while pos + 8 <= len(head):
+        chunk, length = head[pos : pos + 4], int.from_bytes(head[pos + 4 : pos + 8], "little")
+        if chunk == b"data":
+            if length not in (0, 0xFFFFFFFF) and pos + 8 + length > size:  # 0/-1: streamed
+                have = size - pos - 8
+                raise DecodeError(
+                    path, f"truncated WAV: the header declares {length:,} bytes of audio, "
+                    f"the file holds {have:,}"
+                )
+            return
+        pos += 8 + length + (length & 1)
 
 
 def read_audio(
@@ -188,7 +223,7 @@ def read_audio(
     if sample_rate is not None and (type(sample_rate) is not int or sample_rate <= 0):
         raise ValueError(f"sample_rate must be a positive int or None, got {sample_rate!r}")
     path = os.fspath(path)
-    _check_regular_file(path)
+    _check_wav_complete(path, _check_regular_file(path))
     try:  # libsndfile errors are RuntimeErrors; DecodeError (a ValueError) passes through.
         info = sf.info(path)  # header only: reject long audio before reading any samples
         seconds = info.frames / max(info.samplerate, 1)
@@ -258,3 +293,165 @@ def read_text(path: str | Path, *, limits: Limits = DEFAULT_LIMITS) -> str:
         reason = f"invalid UTF-8 at byte {at} (0x{data[at]:02x}): {err.reason}"
         raise DecodeError(path, reason) from None
     return check_text(text, source=path, limits=limits)
+
+
+def _open_video(path: str, limits: Limits) -> cv2.VideoCapture:
+    """Open ``path`` with FFmpeg (by content, never as an image pattern or device) and check
+    the declared frame size against ``limits`` before any frame is read."""
+    backend = cv2.CAP_FFMPEG if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
+    try:  # an absolute path keeps FFmpeg from reading a "proto:" prefix as a protocol
+        cap = cv2.VideoCapture(os.path.abspath(path), backend)
+    except cv2.error:
+        cap = None
+    if cap is None or not cap.isOpened():
+        raise DecodeError(path, "not a decodable video (FFmpeg cannot open it)")
+    width, height = (int(cap.get(p)) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT))
+    try:
+        _check_video_pixels(path, width, height, limits)
+    except DecodeError:
+        cap.release()
+        raise
+    return cap
+
+
+def _check_video_complete(path: str, size: int) -> None:
+    """Reject an AVI (RIFF) or MP4/MOV (ISO BMFF) file shorter than its top-level chunks
+    declare: FFmpeg would return the frames before the cut without complaint. Only the
+    chunk headers are read; other containers are left to FFmpeg."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+                kind, order, fixed = "AVI", "little", False
+            elif head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide"):
+                kind, order, fixed = "MP4/MOV", "big", True
+            else:
+                return
+            pos = 0
+            for _ in range(100_000):  # top-level chunks only: a handful in real files
+                f.seek(pos)
+                header = f.read(16)
+                if len(header) < 8:
+                    break
+                if fixed:  # ISO BMFF: (size, type), size 1: 64-bit size follows, 0: to the end
+                    length = int.from_bytes(header[:4], order)
+                    length = int.from_bytes(header[8:16], order) if length == 1 else length
+                    if length == 0 or length < 8:
+                        return
+                else:  # RIFF: (id, size), data padded to an even length
+                    length = 8 + int.from_bytes(header[4:8], order)
+                    length += length & 1
+                pos += length
+                if pos >= size:
+                    break
+    except OSError as err:
+        raise DecodeError(path, f"cannot read: {err.strerror or err}") from None
+    if pos > size + (0 if fixed else 1):  # a missing last pad byte is tolerated
+        raise DecodeError(
+            path, f"truncated {kind}: its chunks declare {pos:,} bytes, the file holds {size:,}"
+        )
+
+
+def _check_video_pixels(path: str, width: int, height: int, limits: Limits) -> None:
+    try:
+        _check_pixels(path, width, height, limits)
+    except DecodeError as err:
+        raise DecodeError(path, err.reason.replace("image is", "video frames are", 1)) from None
+
+
+def _frame_time_ms(cap: cv2.VideoCapture, index: int, previous: float | None) -> float | None:
+    """The grabbed frame's time in ms from its timestamp, else from the stream's frame rate;
+    None when neither is usable (then every frame is taken)."""
+    ms = cap.get(cv2.CAP_PROP_POS_MSEC)
+    if np.isfinite(ms) and ms >= 0 and (previous is None or ms > previous):
+        return float(ms)
+    rate = cap.get(cv2.CAP_PROP_FPS)
+    if np.isfinite(rate) and 0 < rate <= 1000:
+        return 1000.0 * index / rate
+    return None
+
+
+def read_video(
+    path: str | Path,
+    *,
+    fps: float = 4.0,
+    max_frames: int = 16,
+    channels: int = 3,
+    limits: Limits = DEFAULT_LIMITS,
+) -> np.ndarray:
+    """Decode a video file (any container and codec FFmpeg reads) into frames sampled at ``fps``.
+
+    Frames are chosen by their decoded timestamps: for each instant ``0, 1/fps, 2/fps, ...`` the
+    first frame at or after it is kept, and no frame is kept twice (a video slower than ``fps``
+    gives each of its frames). Without timestamps the stream's frame rate is used, and without
+    that every frame is kept. The reported frame count is never trusted: a still image (PNG,
+    JPEG, ...) opens as a one-frame video and is returned as one frame. Longer videos are cropped
+    to their first ``max_frames`` sampled frames; decoding stops there, the rest is never read.
+    AVI and MP4/MOV files cut short are rejected from their chunk sizes; in other containers
+    a cut file gives the frames decoded before the cut.
+
+    Args:
+        path: Video file; the format is found from its content, not its extension.
+        fps: Sampling rate in frames per second (> 0).
+        max_frames: Most frames returned (>= 1).
+        channels: 3 for RGB, 1 for grayscale.
+        limits: ``max_image_pixels`` applies to each frame, checked from the declared
+            width x height before any frame is read.
+
+    Returns:
+        ``(t, h, w, channels)`` uint8 array, ``1 <= t <= max_frames``.
+
+    Raises:
+        DecodeError: Missing, not a regular file, empty, truncated, undecodable, no decodable
+            frame, or frames over ``max_image_pixels``.
+        ValueError: ``fps``, ``max_frames`` or ``channels`` is out of range.
+    """
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps < float("inf"):
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    if type(max_frames) is not int or max_frames < 1:
+        raise ValueError(f"max_frames must be an int >= 1, got {max_frames!r}")
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    path = os.fspath(path)
+    _check_video_complete(path, _check_regular_file(path))
+    cap = _open_video(path, limits)
+    step, next_ms, previous, grabbed = 1000.0 / fps, 0.0, None, 0
+    frames: list[np.ndarray] = []
+    try:
+        while len(frames) < max_frames and cap.grab():
+            ms, grabbed = _frame_time_ms(cap, grabbed, previous), grabbed + 1
+            if ms is not None:
+                previous = ms
+                if ms < next_ms - 1.0:  # 1 ms tolerance for rounded timestamps
+                    continue
+                next_ms = (np.floor((ms + 1.0) / step) + 1) * step
+            ok, frame = cap.retrieve()
+            if ok and frame is not None and frame.size:
+                if not frames:  # the decoded size, in case none was declared
+                    _check_video_pixels(path, frame.shape[1], frame.shape[0], limits)
+                frames.append(frame)
+    except cv2.error as err:
+        raise DecodeError(path, f"not a decodable video ({err.err or err})") from None
+    finally:
+        cap.release()
+    if not frames:
+        raise DecodeError(path, "no decodable video frames")
+    return _video_array(path, frames, channels, limits)
+
+
+def _video_array(path: str, frames: list[np.ndarray], channels: int, limits: Limits) -> np.ndarray:
+    """Stack decoded BGR frames into ``(t, h, w, channels)`` uint8, RGB or grey."""
+    height, width = frames[0].shape[:2]
+    out = np.empty((len(frames), height, width, channels), np.uint8)
+    for i, frame in enumerate(frames):
+        if frame.shape[:2] != (height, width):
+            size = f"{frame.shape[1]}x{frame.shape[0]}"
+            raise DecodeError(path, f"frame {i} is {size}, unlike the first ({width}x{height})")
+        frame = _to_uint8(path, frame if frame.ndim == 3 else frame[:, :, None])
+        if frame.shape[2] == 1:
+            out[i] = frame if channels == 1 else np.repeat(frame, 3, axis=2)
+        elif channels == 1:
+            out[i, :, :, 0] = cv2.cvtColor(frame[:, :, :3], cv2.COLOR_BGR2GRAY)
+        else:
+            out[i] = cv2.cvtColor(frame[:, :, :3], cv2.COLOR_BGR2RGB)
+    return out

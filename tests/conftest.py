@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -50,3 +53,33 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "data"
     make_demo_dataset(out, DemoSpec(num_samples=240, seed=1))
     return out
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """Write a tiny PNG whose header declares width x height but holds almost no pixel data."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+@pytest.fixture
+def no_hang():
+    """Fail instead of hanging if a read blocks (e.g. on a FIFO)."""
+
+    def on_alarm(signum, frame):
+        raise TimeoutError("read blocked")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(5)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import signal
-import struct
-import zlib
 from pathlib import Path
 
 import cv2
@@ -23,43 +20,14 @@ from mmctx.io import (
     read_image,
     read_text,
 )
+from tests.conftest import png_header_only
 
 BOM = b"\xef\xbb\xbf"
-
-
-def _png_header_only(path: Path, width: int, height: int) -> Path:
-    """Write a tiny PNG whose header declares width x height but holds almost no pixel data."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-    )
-    return path
 
 
 def _write_wav(path: Path, samples: np.ndarray, rate: int = 8000, subtype: str = "PCM_16") -> Path:
     sf.write(str(path), samples, rate, subtype=subtype, format="WAV")
     return path
-
-
-@pytest.fixture
-def no_hang():
-    """Fail instead of hanging if a read blocks (e.g. on a FIFO)."""
-
-    def on_alarm(signum, frame):
-        raise TimeoutError("read blocked")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(5)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
 
 
 # ---------------------------------------------------------------- images
@@ -144,7 +112,7 @@ def test_image_over_pixel_limit_small_real_image(tmp_path):
 def test_image_header_checked_before_decoding(tmp_path):
     # 8000x8000 declared in ~70 bytes; the truncated IDAT would fail to decode, so getting the
     # limit message proves the size was rejected from the header alone.
-    path = _png_header_only(tmp_path / "big.png", 8000, 8000)
+    path = png_header_only(tmp_path / "big.png", 8000, 8000)
     assert path.stat().st_size < 200
     with pytest.raises(
         DecodeError,
@@ -154,7 +122,7 @@ def test_image_header_checked_before_decoding(tmp_path):
 
 
 def test_image_bomb_past_pillow_cap(tmp_path):
-    path = _png_header_only(tmp_path / "bomb.png", 20000, 20000)
+    path = png_header_only(tmp_path / "bomb.png", 20000, 20000)
     with pytest.raises(
         DecodeError,
         match=r"bomb\.png: image declares more than .* over max_image_pixels=50,000,000",
@@ -343,3 +311,36 @@ def test_limits_validated_and_frozen():
         Limits(max_audio_seconds=-1.0)
     with pytest.raises(AttributeError):
         DEFAULT_LIMITS.max_text_chars = 5  # type: ignore[misc]
+
+
+def _smooth_image() -> np.ndarray:
+    y, x = np.mgrid[0:64, 0:64]
+    return np.stack([x * 4, y * 4, (x + y) * 2], -1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_truncated_image_rejected(tmp_path, ext):
+    data = cv2.imencode(ext, _smooth_image())[1].tobytes()
+    whole, cut = tmp_path / f"whole{ext}", tmp_path / f"cut{ext}"
+    whole.write_bytes(data)
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    assert read_image(whole).shape == (64, 64, 3)
+    with pytest.raises(DecodeError, match=r"cut\.(jpg|png): truncated (JPEG|PNG)"):
+        read_image(cut)
+
+
+def test_jpeg_with_bytes_after_end_marker_still_reads(tmp_path):
+    data = cv2.imencode(".jpg", _smooth_image())[1].tobytes()
+    path = tmp_path / "trailer.jpg"
+    path.write_bytes(data + b"camera trailer")
+    assert read_image(path).shape == (64, 64, 3)
+
+
+def test_truncated_wav_rejected_not_shortened(tmp_path):
+    path = _write_wav(tmp_path / "a.wav", 0.1 * np.ones(8000))
+    data = path.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: len(data) // 2])
+    assert read_audio(path).shape == (8000,)
+    with pytest.raises(DecodeError, match=r"cut\.wav: truncated WAV: the header declares 16,000"):
+        read_audio(cut)

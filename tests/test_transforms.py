@@ -259,3 +259,107 @@ def test_datamodule_drops_modalities_in_training_batches_only(demo_dir):
     left = torch.stack([after["present"][m] for m in ("text", "image", "audio")], 1)
     assert (left.sum(1) == 1).all() and not (left & ~have).any()
     assert (after["inputs"]["audio"]["lengths"] > 0).tolist() == left[:, 2].tolist()
+
+
+# ---------------------------------------------------------------------------- video
+def _video(t: int = 6, channels: int = 3) -> np.ndarray:
+    """``(t, c, h, w)`` frames, each a different random picture."""
+    return np.random.default_rng(1).integers(0, 256, (t, channels, 24, 20), dtype=np.uint8)
+
+
+VIDEO_TRANSFORMS = [
+    T.TemporalCrop(3, p=1),
+    T.FrameDrop(0.5, p=1),
+    T.VideoFrames(T.Rotation(30, p=1)),
+]
+
+
+@pytest.mark.parametrize("t", VIDEO_TRANSFORMS, ids=repr)
+def test_video_transforms_keep_format_and_repeat_with_the_seed(t):
+    clip = _video()
+    out = t(clip, np.random.default_rng(3))
+    assert out.dtype == np.uint8 and out.ndim == 4 and out.shape[1:] == clip.shape[1:]
+    assert 1 <= len(out) <= len(clip) and not np.array_equal(out, clip)
+    np.testing.assert_array_equal(out, t(clip, np.random.default_rng(3)))
+    assert any(not np.array_equal(out, t(clip, np.random.default_rng(s))) for s in range(4, 9))
+
+
+def test_temporal_crop_keeps_a_contiguous_run():
+    clip = _video(6)
+    starts = set()
+    for seed in range(20):
+        out = T.TemporalCrop(3, p=1)(clip, np.random.default_rng(seed))
+        start = next(i for i in range(4) if np.array_equal(out, clip[i : i + 3]))
+        starts.add(start)
+    assert starts == {0, 1, 2, 3}  # every start is possible
+    short = _video(2)
+    assert T.TemporalCrop(3, p=1)(short, np.random.default_rng(0)) is short
+    with pytest.raises(ValueError, match="TemporalCrop.frames"):
+        T.TemporalCrop(0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rate=st.floats(0, 1), t=st.integers(1, 8))
+def test_frame_drop_keeps_frames_in_order_and_never_all_are_dropped(seed, rate, t):
+    clip = np.arange(t, dtype=np.uint8)[:, None, None, None] * np.ones((1, 1, 2, 2), np.uint8)
+    out = T.FrameDrop(rate, p=1)(clip, np.random.default_rng(seed))
+    kept = out[:, 0, 0, 0].tolist()
+    assert len(kept) >= 1 and kept == sorted(set(kept))  # a subsequence, in order
+    if rate == 0:
+        assert len(kept) == t
+    if rate == 1:
+        assert len(kept) == 1
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("image_t", IMAGE_TRANSFORMS, ids=repr)
+def test_video_frames_apply_the_same_change_to_every_frame(image_t, channels):
+    frame = _image(channels)[0]
+    still = np.stack([frame] * 4)  # the same picture four times: outputs must agree
+    out = T.VideoFrames(image_t)(still, np.random.default_rng(0))
+    assert out.shape == still.shape and out.dtype == np.uint8 and not np.array_equal(out, still)
+    for later in out[1:]:
+        np.testing.assert_array_equal(later, out[0])
+    # Different frames get that same change: frame k equals the change of frame k alone.
+    clip = _video(3, channels)
+    seed = int(np.random.default_rng(5).integers(2**63))  # what VideoFrames draws first
+    moved = T.VideoFrames(image_t).apply(clip, np.random.default_rng(5))
+    for k in range(3):
+        alone = image_t.apply(clip[k : k + 1], np.random.default_rng(seed))[0]
+        np.testing.assert_array_equal(moved[k], alone)
+
+
+def test_video_frames_probability_sweep_and_pickling():
+    import pickle
+
+    clip = _video(3)
+    assert T.VideoFrames(T.Rotation(30, p=1), p=0)(clip, np.random.default_rng(0)) is clip
+    assert T.VideoFrames(T.Rotation(30, p=0.25)).p == 0.25
+    noisy = T.VideoFrames(T.ImageNoise(0.1, p=0.3))
+    assert noisy.sweep == ("std", 0.0, 0.5) and noisy.std == 0.1
+    strong = noisy.at_level(1.0)
+    assert isinstance(strong, T.VideoFrames) and strong.p == 1.0 and strong.std == 0.5
+    np.testing.assert_array_equal(noisy.at_level(0)(clip, np.random.default_rng(0)), clip)
+    with pytest.raises(ValueError, match="no sweep"):
+        T.VideoFrames(T.HorizontalFlip()).at_level(0.5)
+    with pytest.raises(TypeError, match="needs an image Transform"):
+        T.VideoFrames(T.Gain())
+    again = pickle.loads(pickle.dumps(T.VideoFrames(T.Rotation(30, p=1))))
+    np.testing.assert_array_equal(
+        again(clip, np.random.default_rng(2)),
+        T.VideoFrames(T.Rotation(30, p=1))(clip, np.random.default_rng(2)),
+    )
+
+
+def test_augment_dispatches_video_transforms_to_the_video_only():
+    from mmctx.robustness import corruptions_to_sweep
+
+    inputs = {"video": _video(6), "image": _image()}
+    augment = T.Augment([T.TemporalCrop(2, p=1), T.Rotation(30, p=0)], RATE)
+    out = augment(inputs, np.random.default_rng(0))
+    assert out["video"].shape == (2, 3, 24, 20) and out["image"] is inputs["image"]
+    assert T.Augment([T.FrameDrop(p=1)], RATE)({"text": TEXT}, np.random.default_rng(0)) == {
+        "text": TEXT
+    }
+    drop = T.FrameDrop()
+    assert drop in corruptions_to_sweep([drop, T.TemporalCrop()], ["video"])
