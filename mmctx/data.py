@@ -5,45 +5,48 @@ The collated batch is a dict::
     {"ids": list[str], "lines": list[int],
      "inputs": {"text":  {"text": list[str], "present": (b,) bool},
                 "image": {"pixels": (b, k, c, h, w) uint8, "mask": (b, k) bool},
-                "audio": {"waveform": (b, s) float32, "lengths": (b,) long, "sample_rate": int}},
+                "audio": {"waveform": (b, s) float32, "lengths": (b,) long, "sample_rate": int},
+                "video": {"frames": (b, t, c, h, w) uint8, "mask": (b, t) bool},
+                <plugin>: whatever its Modality.collate returns},
      "present": {modality: (b,) bool},
      "label": (b,) long  |  (b, classes) float for multi-label  (absent when unlabelled),
      "errors": list[str]}   # samples of this batch that failed to decode, with the cause
 
 Several images of one sample are stacked along ``k``; several audio files are joined
-end to end. A sample that fails to decode is left out of its batch and its error is
-carried in ``errors`` (or raised, in strict mode), so the run can count and report it.
+end to end; several videos are joined along ``t``. A sample that fails to decode is left
+out of its batch and its error is carried in ``errors`` (or raised, in strict mode), so
+the run can count and report it. What each modality does is its
+:class:`~mmctx.modalities.Modality` (built-ins and plugins alike), so ``modalities``
+arguments take names or instances.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
-import soundfile as sf
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mmctx.io import (
-    DEFAULT_LIMITS,
-    DecodeError,
-    Limits,
-    check_text,
-    read_audio,
-    read_image,
-    read_text,
-)
+from mmctx.io import DEFAULT_LIMITS, DecodeError, Limits
 from mmctx.manifest import LabelSpace, Sample
+from mmctx.modalities import (
+    BUILTIN,
+    AudioModality,
+    ImageModality,
+    Modality,
+    get_modality,
+    resolve_modalities,
+)
 from mmctx.transforms import Augment
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("text", "image", "audio")
+MODALITIES = BUILTIN  # the built-in modalities: text, image, audio, video
 
 
 @dataclass(frozen=True)
@@ -51,16 +54,26 @@ class Preprocess:
     """How decoded media become fixed-format arrays.
 
     Attributes:
-        image_size: Images are resized to this square size.
-        image_channels: 1 (grayscale) or 3 (RGB).
+        image_size: Images (and video frames) are resized to this square size.
+        image_channels: 1 (grayscale) or 3 (RGB), for images and video frames.
         sample_rate: Audio is resampled to this rate.
         limits: Decode limits (pixels, seconds, characters).
+        video_fps: Video frames are sampled at this rate (frames per second).
+        video_max_frames: Frames kept per video file (its first ones at ``video_fps``).
     """
 
     image_size: int = 32
     image_channels: int = 3
     sample_rate: int = 16000
     limits: Limits = DEFAULT_LIMITS
+    video_fps: float = 4.0
+    video_max_frames: int = 16
+
+    def __post_init__(self) -> None:
+        if isinstance(self.video_fps, bool) or not self.video_fps > 0:
+            raise ValueError(f"video_fps must be > 0, got {self.video_fps!r}")
+        if type(self.video_max_frames) is not int or self.video_max_frames < 1:
+            raise ValueError(f"video_max_frames must be an int >= 1, got {self.video_max_frames!r}")
 
 
 class SampleError(Exception):
@@ -73,7 +86,8 @@ class ManifestDataset(Dataset):
     Args:
         samples: Parsed rows.
         labels: Label space; ``None`` for unlabelled (prediction) data.
-        modalities: Modalities to load; others in the rows are ignored.
+        modalities: Modalities to load (names or :class:`~mmctx.modalities.Modality`
+            instances); others in the rows are ignored.
         preprocess: Decode and resize settings.
         strict: Raise on a sample that fails to decode instead of reporting it.
         augment: Random transforms applied to each decoded sample (training data only).
@@ -85,14 +99,15 @@ class ManifestDataset(Dataset):
         self,
         samples: list[Sample],
         labels: LabelSpace | None,
-        modalities: tuple[str, ...],
+        modalities: Sequence[str | Modality],
         preprocess: Preprocess,
         strict: bool = False,
         augment: Augment | None = None,
     ) -> None:
         self.samples = samples
         self.labels = labels
-        self.modalities = modalities
+        self.handlers = resolve_modalities(modalities)
+        self.modalities = tuple(m.name for m in self.handlers)
         self.pre = preprocess
         self.strict = strict
         self.augment = augment
@@ -120,141 +135,92 @@ class ManifestDataset(Dataset):
 
     def _load(self, sample: Sample) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        lim = self.pre.limits
-        if "text" in self.modalities:
-            if sample.text is not None:
-                out["text"] = check_text(sample.text, source=f"line {sample.line}", limits=lim)
-            elif sample.text_path is not None:
-                out["text"] = read_text(sample.text_path, limits=lim)
-        if "image" in self.modalities and "image" in sample.media:
-            out["image"] = np.stack([self._image(p) for p in sample.media["image"]])
-        if "audio" in self.modalities and "audio" in sample.media:
-            waves = [
-                read_audio(p, sample_rate=self.pre.sample_rate, limits=lim)
-                for p in sample.media["audio"]
-            ]
-            out["audio"] = np.concatenate(waves)
+        for m in self.handlers:
+            value = sample.get(m.name)
+            if value is not None:
+                out[m.name] = m.load(value, self.pre)
         return out
-
-    def _image(self, path: Any) -> np.ndarray:
-        img = read_image(path, channels=self.pre.image_channels, limits=self.pre.limits)
-        size = self.pre.image_size
-        if img.shape[:2] != (size, size):
-            interp = cv2.INTER_AREA if min(img.shape[:2]) > size else cv2.INTER_LINEAR
-            img = cv2.resize(img, (size, size), interpolation=interp).reshape(size, size, -1)
-        return img.transpose(2, 0, 1)  # (c, h, w)
 
 
 def estimate_length(
     sample: Sample,
-    tokens_per_audio_second: float,
-    tokens_per_image: int,
+    tokens_per_audio_second: float = 50.0,
+    tokens_per_image: int = 16,
     max_audio_seconds: float = float("inf"),
+    *,
+    modalities: Sequence[str | Modality] | None = None,
+    preprocess: Preprocess | None = None,
 ) -> int:
-    """Cheap estimate of a sample's fused length, from headers and file sizes only (audio
-    counts up to ``max_audio_seconds``, the most that is read)."""
+    """Cheap estimate of a sample's fused length, from headers and file sizes only.
+
+    Args:
+        sample: A parsed row.
+        tokens_per_audio_second: Positions per second of audio (for ``"audio"`` by name).
+        tokens_per_image: Positions per image (for ``"image"`` by name).
+        max_audio_seconds: Audio counts up to this, the most that is read (used when no
+            ``preprocess`` is given).
+        modalities: Modalities counted, names or instances (default: the sample's own).
+        preprocess: Settings the estimates read (video frames, audio limit).
+    """
+    pre = preprocess or Preprocess(limits=Limits(max_audio_seconds=max_audio_seconds))
+    rates: dict[str, Modality] = {
+        "image": ImageModality(tokens_per_image),
+        "audio": AudioModality(tokens_per_audio_second),
+    }
+    specs = sample.modalities if modalities is None else modalities
     n = 1
-    if sample.text is not None:
-        n += len(sample.text.split())
-    elif sample.text_path is not None:
-        n += sample.text_path.stat().st_size // 6  # about 6 bytes a word
-    n += tokens_per_image * len(sample.media.get("image", []))
-    for path in sample.media.get("audio", []):
-        with contextlib.suppress(RuntimeError, OSError):  # reported when the sample is loaded
-            seconds = min(sf.info(str(path)).duration, max_audio_seconds)
-            n += int(seconds * tokens_per_audio_second)
+    for m in resolve_modalities([rates.get(s, s) if isinstance(s, str) else s for s in specs]):
+        value = sample.get(m.name)
+        if value is not None:
+            n += m.estimate_length(value, pre)
     return n
 
 
-def _collate_text(items: list[dict[str, Any]], pre: Preprocess) -> dict[str, Any]:
-    present = torch.tensor(["text" in it for it in items])
-    return {"text": [it.get("text", "") for it in items], "present": present}
-
-
-def _collate_image(items: list[dict[str, Any]], pre: Preprocess) -> dict[str, Any]:
-    k = max([len(it["image"]) for it in items if "image" in it], default=1)
-    c, s = pre.image_channels, pre.image_size
-    pixels = torch.zeros(len(items), k, c, s, s, dtype=torch.uint8)
-    mask = torch.zeros(len(items), k, dtype=torch.bool)
-    for row, it in enumerate(items):
-        if "image" in it:
-            n = len(it["image"])
-            pixels[row, :n] = torch.from_numpy(it["image"])
-            mask[row, :n] = True
-    return {"pixels": pixels, "mask": mask}
-
-
-def _collate_audio(items: list[dict[str, Any]], pre: Preprocess) -> dict[str, Any]:
-    lengths = torch.tensor([len(it["audio"]) if "audio" in it else 0 for it in items])
-    waveform = torch.zeros(len(items), max(1, int(lengths.max())))
-    for row, it in enumerate(items):
-        if "audio" in it:
-            waveform[row, : len(it["audio"])] = torch.from_numpy(it["audio"])
-    return {"waveform": waveform, "lengths": lengths, "sample_rate": pre.sample_rate}
-
-
-_COLLATE = {"text": _collate_text, "image": _collate_image, "audio": _collate_audio}
-
-
-def _remove_text(batch: dict[str, Any], rows: Tensor) -> None:
-    for row in rows.nonzero().flatten().tolist():
-        batch["text"][row] = ""
-    batch["present"] = batch["present"] & ~rows.to(batch["present"].device)
-
-
-def _remove_image(batch: dict[str, Any], rows: Tensor) -> None:
-    rows = rows.to(batch["mask"].device)
-    batch["mask"] = batch["mask"] & ~rows[:, None]
-    batch["pixels"] = batch["pixels"] * ~rows[:, None, None, None, None]
-
-
-def _remove_audio(batch: dict[str, Any], rows: Tensor) -> None:
-    rows = rows.to(batch["lengths"].device)
-    batch["lengths"] = batch["lengths"].masked_fill(rows, 0)
-    batch["waveform"] = batch["waveform"] * ~rows[:, None]
-
-
-_REMOVE = {"text": _remove_text, "image": _remove_image, "audio": _remove_audio}
-
-
-def drop_modalities(batch: dict[str, Any], drop: dict[str, Tensor]) -> dict[str, Any]:
+def drop_modalities(
+    batch: dict[str, Any],
+    drop: dict[str, Tensor],
+    *,
+    modalities: Sequence[str | Modality] | None = None,
+) -> dict[str, Any]:
     """Remove modalities from some samples of a collated batch, in place, as if never there.
 
     Args:
         batch: A batch from :class:`Collate` (on any device).
         drop: ``{modality: (b,) bool}``, True where that sample loses that modality.
+        modalities: The batch's modalities, for plugins not registered by name (the data
+            module passes its own); other names are looked up with
+            :func:`~mmctx.modalities.get_modality`.
 
     Returns:
         The same batch, with inputs and ``present`` flags updated.
     """
-    for m, rows in drop.items():
-        if m in batch["inputs"] and rows.any():
-            _REMOVE[m](batch["inputs"][m], rows)
-            batch["present"][m] = _present(m, batch["inputs"][m])
+    given = {m.name: m for m in resolve_modalities(modalities or ())}
+    for name, rows in drop.items():
+        if name in batch["inputs"] and rows.any():
+            m = given.get(name) or get_modality(name)
+            m.remove(batch["inputs"][name], rows)
+            batch["present"][name] = m.present(batch["inputs"][name])
     return batch
-
-
-def _present(modality: str, batch: dict[str, Any]) -> Tensor:
-    if modality == "text":
-        return batch["present"]
-    if modality == "image":
-        return batch["mask"].any(1)
-    return batch["lengths"] > 0
 
 
 class Collate:
     """Batch loaded samples (picklable, so it works with worker processes).
 
     Args:
-        modalities: Modalities to put in the batch (absent ones get masked entries).
+        modalities: Modalities to put in the batch, names or
+            :class:`~mmctx.modalities.Modality` instances (absent ones get masked entries).
         preprocess: The same settings the dataset used.
         num_classes: Width of multi-hot labels; ``None`` for single-label data.
     """
 
     def __init__(
-        self, modalities: tuple[str, ...], preprocess: Preprocess, num_classes: int | None
+        self,
+        modalities: Sequence[str | Modality],
+        preprocess: Preprocess,
+        num_classes: int | None,
     ) -> None:
-        self.modalities = modalities
+        self.handlers = resolve_modalities(modalities)
+        self.modalities = tuple(m.name for m in self.handlers)
         self.pre = preprocess
         self.num_classes = num_classes
 
@@ -268,9 +234,9 @@ class Collate:
             "present": {},
         }
         inputs = [it["inputs"] for it in items]
-        for m in self.modalities:
-            batch["inputs"][m] = _COLLATE[m](inputs, self.pre)
-            batch["present"][m] = _present(m, batch["inputs"][m])
+        for m in self.handlers:
+            batch["inputs"][m.name] = m.collate([it.get(m.name) for it in inputs], self.pre)
+            batch["present"][m.name] = m.present(batch["inputs"][m.name])
         if items and "label" in items[0]:
             batch["label"] = self._labels([it["label"] for it in items])
         return batch

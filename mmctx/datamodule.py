@@ -8,6 +8,7 @@ parsing; ``strict=True`` stops at the first one instead.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from functools import cached_property
@@ -19,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmctx.batching import TokenBudgetBatchSampler
+from mmctx.checkpoints import DATA_SETTINGS_KEY
 from mmctx.data import (
     MODALITIES,
     Collate,
@@ -29,6 +31,14 @@ from mmctx.data import (
 )
 from mmctx.io import Limits
 from mmctx.manifest import LabelSpace, Sample, read_manifest
+from mmctx.modalities import (
+    AudioModality,
+    ImageModality,
+    Modality,
+    modality_names,
+    modality_spec,
+    resolve_modalities,
+)
 from mmctx.transforms import Augment, ModalityDropout, Transform
 
 log = logging.getLogger(__name__)
@@ -48,7 +58,11 @@ class MultimodalDataModule(L.LightningDataModule):
         val_fraction: Share of training rows held out when there is no ``val_manifest``.
         split_seed: Seed of that split.
         classes: Class names in index order; inferred from the labels when not given.
-        modalities: Modalities to load (default: all of text, image, audio).
+        modalities: Modalities to load (default: the built-ins text, image, audio, video).
+            Each is a registered name (built-ins, :func:`~mmctx.modalities.register_modality`,
+            or the ``mmctx.modalities`` entry points of installed plugins) or a
+            :class:`~mmctx.modalities.Modality` instance, in YAML
+            ``{class_path: my_pkg.SensorModality, init_args: {...}}``.
         batch_size: Samples per batch.
         num_workers: DataLoader worker processes.
         image_size: Images are resized to this square size.
@@ -65,6 +79,8 @@ class MultimodalDataModule(L.LightningDataModule):
             within it (see :class:`~mmctx.batching.TokenBudgetBatchSampler`).
         tokens_per_audio_second: Fused positions per second of audio, for that estimate.
         tokens_per_image: Fused positions per image, for that estimate.
+        video_fps: Video frames are sampled at this rate (frames per second).
+        video_max_frames: Frames kept per video file (the first ones, at ``video_fps``).
         augment: Transforms from :mod:`mmctx.transforms` applied to training samples only
             (e.g. ``{class_path: mmctx.transforms.AddNoise, init_args: {snr_db: 10}}``).
         modality_dropout: Per-modality probability of removing that modality from a
@@ -80,7 +96,7 @@ class MultimodalDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         split_seed: int = 0,
         classes: list[str] | None = None,
-        modalities: list[str] | None = None,
+        modalities: list[str | Modality] | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
         image_size: int = 32,
@@ -96,13 +112,15 @@ class MultimodalDataModule(L.LightningDataModule):
         tokens_per_image: int = 16,
         augment: list[Transform] | None = None,
         modality_dropout: dict[str, float] | None = None,
+        video_fps: float = 4.0,
+        video_max_frames: int = 16,
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        unknown = sorted(set(modalities or ()) - set(MODALITIES))
-        if unknown:
-            raise ValueError(f"modalities {unknown} are not known; choose from {list(MODALITIES)}")
+        self.modality_handlers = self._modality_handlers(
+            modalities, tokens_per_audio_second, tokens_per_image
+        )
         if image_channels not in (1, 3):
             raise ValueError(f"image_channels must be 1 or 3, got {image_channels}")
         self.manifests = {
@@ -114,7 +132,7 @@ class MultimodalDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.classes = classes
-        self.modalities = tuple(m for m in MODALITIES if m in (modalities or MODALITIES))
+        self.modalities = tuple(m.name for m in self.modality_handlers)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.strict = strict
@@ -125,10 +143,44 @@ class MultimodalDataModule(L.LightningDataModule):
             image_channels,
             sample_rate,
             Limits(max_image_pixels, max_audio_seconds, max_text_chars, crop_long_audio),
+            video_fps,
+            video_max_frames,
         )
         self.augment = Augment(augment, sample_rate) if augment else None
         self.modality_dropout = ModalityDropout(modality_dropout) if modality_dropout else None
         self.skipped: list[str] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: the preprocessing a model needs at inference time."""
+        try:
+            class_names: list[str] | None = self.class_names
+        except ValueError:  # no labelled manifest (e.g. a predict-only data module)
+            class_names = None
+        settings = {
+            # names of built-ins, {class_path, init_args} of plugins (resolve_modalities)
+            "modalities": [modality_spec(m) for m in self.modality_handlers],
+            "preprocess": dataclasses.asdict(self.preprocess),
+            "class_names": class_names,
+        }
+        return {DATA_SETTINGS_KEY: settings}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: the settings come from the config (see ``state_dict``)."""
+
+    @staticmethod
+    def _modality_handlers(
+        modalities: list[str | Modality] | None, audio_rate: float, image_rate: int
+    ) -> tuple[Modality, ...]:
+        rated = {"image": ImageModality(image_rate), "audio": AudioModality(audio_rate)}
+        specs = list(MODALITIES if modalities is None else modalities)
+        known = modality_names()
+        unknown = [m for m in specs if isinstance(m, str) and m not in known]
+        if unknown:
+            raise ValueError(
+                f"modalities {unknown} are not known; choose from {list(known)}, or give a "
+                "plugin as {class_path: my_pkg.MyModality} (see docs/extending.md)"
+            )
+        return resolve_modalities([rated.get(m, m) if isinstance(m, str) else m for m in specs])
 
     def use_generated(self, paths: dict[str, Path]) -> None:
         """Read train/val/test from generated manifests; predict on test unless told otherwise."""
@@ -142,7 +194,9 @@ class MultimodalDataModule(L.LightningDataModule):
         for split, path in self.manifests.items():
             if path is None:
                 continue
-            samples, problems = read_manifest(self._resolve(path), strict=self.strict)
+            samples, problems = read_manifest(
+                self._resolve(path), strict=self.strict, modalities=self.modality_handlers
+            )
             self.skipped.extend(problems)
             splits[split] = samples
         if "train" in splits and "val" not in splits and self.val_fraction > 0:
@@ -193,7 +247,7 @@ class MultimodalDataModule(L.LightningDataModule):
             else self.label_space
         )
         return ManifestDataset(
-            samples, labels, self.modalities, self.preprocess, self.strict, augment
+            samples, labels, self.modality_handlers, self.preprocess, self.strict, augment
         )
 
     def loader(
@@ -211,13 +265,15 @@ class MultimodalDataModule(L.LightningDataModule):
         dataset = self.dataset(split, augment)
         common = {
             "num_workers": self.num_workers,
-            "collate_fn": Collate(self.modalities, self.preprocess, num_classes),
+            "collate_fn": Collate(self.modality_handlers, self.preprocess, num_classes),
             "persistent_workers": self.num_workers > 0,
         }
         if self.max_tokens_per_batch is None:
             return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, **common)
-        seconds = self.preprocess.limits.max_audio_seconds
-        lengths = [estimate_length(s, *self.length_rates, seconds) for s in dataset.samples]
+        lengths = [
+            estimate_length(s, modalities=self.modality_handlers, preprocess=self.preprocess)
+            for s in dataset.samples
+        ]
         sampler = TokenBudgetBatchSampler(
             lengths, self.max_tokens_per_batch, shuffle=shuffle, seed=self.split_seed
         )
@@ -227,7 +283,8 @@ class MultimodalDataModule(L.LightningDataModule):
         """Modality dropout on training batches, on the device they were moved to."""
         trainer = getattr(self, "trainer", None)
         if self.modality_dropout is not None and trainer is not None and trainer.training:
-            drop_modalities(batch, self.modality_dropout.choose(batch["present"]))
+            drop = self.modality_dropout.choose(batch["present"])
+            drop_modalities(batch, drop, modalities=self.modality_handlers)
         return batch
 
     def train_dataloader(self) -> DataLoader:
@@ -263,20 +320,25 @@ class DemoDataModule(MultimodalDataModule):
         num_samples: Samples in all splits together.
         seed: Seed of the generator (same seed, same files).
         cache_dir: Folder for the generated data (default: ``default_cache_dir()/demo``).
+        video_frames: Add a video of this many frames to every sample (0: no video).
         **kwargs: Any other :class:`MultimodalDataModule` argument (batch size, sizes, ...);
             the manifests are set by this class.
     """
 
     def __init__(
-        self, num_samples: int = 3000, seed: int = 0, cache_dir: str | None = None, **kwargs
+        self,
+        num_samples: int = 3000,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        video_frames: int = 0,
+        **kwargs,
     ) -> None:
         from mmctx.demo_data import DemoSpec, make_demo_dataset
 
         super().__init__(**kwargs)
-        spec = DemoSpec(num_samples=num_samples, seed=seed)
-        folder = (
-            Path(cache_dir) if cache_dir else default_cache_dir() / f"demo-n{num_samples}-s{seed}"
-        )
+        spec = DemoSpec(num_samples=num_samples, seed=seed, video_frames=video_frames)
+        name = f"demo-n{num_samples}-s{seed}" + (f"-v{video_frames}" if video_frames else "")
+        folder = Path(cache_dir) if cache_dir else default_cache_dir() / name
         paths = make_demo_dataset(folder, spec, progress=True)
         self.use_generated(paths)
         log.info("demo data in %s", folder)

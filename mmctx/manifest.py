@@ -1,7 +1,8 @@
 """JSON Lines manifests: one sample a line, any modality may be absent.
 
 A row: ``{"id": str, "text": str | "text_path": path, "image": path | [paths],
-"audio": path | [paths], "label": name | index | [names or indices]}``. Paths are
+"audio": path | [paths], "video": path | [paths], "label": name | index | [names or
+indices]}``, plus a key per plugin modality (see :mod:`mmctx.modalities`). Paths are
 relative to the manifest's folder. A bad row is reported with its line number and cause
 and skipped (or raised, in strict mode); nothing is dropped silently.
 """
@@ -16,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmctx.modalities import Modality, manifest_paths, modality_names, resolve_modalities
+
 log = logging.getLogger(__name__)
 
-MEDIA_KEYS = ("image", "audio")
+MEDIA_KEYS = ("image", "audio", "video")  # the built-in modalities read as paths
 LABEL_KEY = "label"
 
 
@@ -28,13 +31,17 @@ class ManifestError(ValueError):
 
 @dataclass
 class Sample:
-    """One parsed manifest row, with paths already resolved."""
+    """One parsed manifest row, with paths already resolved.
+
+    ``media`` holds every modality but text by name: a list of paths for the built-ins,
+    whatever :meth:`~mmctx.modalities.Modality.parse` returns for a plugin.
+    """
 
     line: int
     id: str
     text: str | None = None
     text_path: Path | None = None
-    media: dict[str, list[Path]] = field(default_factory=dict)
+    media: dict[str, Any] = field(default_factory=dict)
     label: Any = None
 
     @property
@@ -43,6 +50,12 @@ class Sample:
         if self.text is not None or self.text_path is not None:
             found.append("text")
         return sorted(found)
+
+    def get(self, modality: str) -> Any | None:
+        """The parsed value of one modality (text: the string or its path), or None."""
+        if modality == "text":
+            return self.text if self.text is not None else self.text_path
+        return self.media.get(modality)
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, str | ManifestError]]:
@@ -61,46 +74,64 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str | ManifestError]]:
                 yield number, text
 
 
-def _paths(value: Any, key: str, root: Path) -> list[Path]:
-    items = value if isinstance(value, list) else [value]
-    if not items or not all(isinstance(p, str) and p for p in items):
-        raise ValueError(f"'{key}' must be a path or a non-empty list of paths, got {value!r}")
-    paths = [root / p for p in items]
-    for p in paths:
-        if not p.is_file():
-            raise ValueError(f"'{key}' file not found: {p}")
-    return paths
+_paths = manifest_paths  # the old private name
 
 
-def parse_row(row: Any, line: int, root: Path) -> Sample:
-    """Turn one decoded JSON value into a :class:`Sample` (raises ValueError with the cause)."""
+def known_modalities(
+    extra: Sequence[str | Modality | dict[str, Any]] | None = None,
+) -> tuple[Modality, ...]:
+    """Every registered modality, with ``extra`` ones (instances win over same names)."""
+    given = {m.name: m for m in resolve_modalities(extra or ())}
+    registered = [n for n in modality_names() if n not in given]
+    return resolve_modalities([*registered, *given.values()])
+
+
+def parse_row(
+    row: Any, line: int, root: Path, *, modalities: Sequence[str | Modality] | None = None
+) -> Sample:
+    """Turn one decoded JSON value into a :class:`Sample` (raises ValueError with the cause).
+
+    Args:
+        row: The decoded JSON value.
+        line: Its line number.
+        root: Folder that relative paths start from.
+        modalities: Plugin modalities to read besides the registered ones (instances,
+            names or :func:`~mmctx.modalities.modality_spec` dicts); see
+            :func:`known_modalities`.
+    """
     if not isinstance(row, dict):
         raise ValueError(f"a row must be a JSON object, got {type(row).__name__}")
     sample = Sample(line=line, id=str(row.get("id", f"line-{line}")), label=row.get(LABEL_KEY))
-    if "text" in row and "text_path" in row:
-        raise ValueError("give 'text' or 'text_path', not both")
-    if "text" in row:
-        if not isinstance(row["text"], str):
-            raise ValueError(f"'text' must be a string, got {type(row['text']).__name__}")
-        sample.text = row["text"]
-    if "text_path" in row:
-        sample.text_path = _paths(row["text_path"], "text_path", root)[0]
-    for key in MEDIA_KEYS:
-        if key in row and row[key] is not None:
-            sample.media[key] = _paths(row[key], key, root)
+    handlers = known_modalities(modalities)
+    for m in handlers:
+        value = m.parse(row, root)
+        if value is None:
+            continue
+        if m.name == "text":
+            sample.text, sample.text_path = (
+                (None, value) if isinstance(value, Path) else (value, None)
+            )
+        else:
+            sample.media[m.name] = value
     if not sample.modalities:
-        raise ValueError("the row has no modality (text, text_path, image or audio)")
+        keys = [k for m in handlers for k in m.keys]
+        raise ValueError(f"the row has no modality ({', '.join(keys[:-1])} or {keys[-1]})")
     return sample
 
 
 def read_manifest(
-    path: str | os.PathLike[str], *, strict: bool = False
+    path: str | os.PathLike[str],
+    *,
+    strict: bool = False,
+    modalities: Sequence[str | Modality] | None = None,
 ) -> tuple[list[Sample], list[str]]:
     """Parse a manifest.
 
     Args:
         path: The JSON Lines file.
         strict: Raise :class:`ManifestError` at the first bad row instead of skipping it.
+        modalities: Plugin modalities to read besides the registered ones (instances, or
+            names); every registered modality is read in any case.
 
     Returns:
         ``(samples, problems)``: the good rows and one message per skipped row.
@@ -108,6 +139,7 @@ def read_manifest(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
+    handlers = known_modalities(modalities)
     samples: list[Sample] = []
     problems: list[str] = []
     for line, text in iter_lines(path):
@@ -119,7 +151,7 @@ def read_manifest(
             except json.JSONDecodeError as err:
                 raise ManifestError(f"{path}:{line}: not valid JSON ({err.msg})") from None
             try:
-                samples.append(parse_row(row, line, path.parent))
+                samples.append(parse_row(row, line, path.parent, modalities=handlers))
             except ValueError as err:
                 raise ManifestError(f"{path}:{line}: {err}") from None
         except ManifestError as err:

@@ -135,7 +135,8 @@ def robustness_report(
         augment: The training corruptions (default: the datamodule's ``augment``).
         seed: Seed of the corruptions' randomness (the same for every condition).
     """
-    modalities = list(datamodule.modalities)
+    samples = datamodule.dataset(split).samples  # removing what no sample has measures nothing
+    modalities = [m for m in datamodule.modalities if any(s.get(m) is not None for s in samples)]
     if augment is None:
         augment = datamodule.augment.transforms if datamodule.augment else []
     rate = datamodule.preprocess.sample_rate
