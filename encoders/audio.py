@@ -104,6 +104,9 @@ class AudioRNNEncoder(ModalityEncoder):
         Returns:
             ``(frames, valid)``: ``(b, t, n_mels)`` features, ``(b,)`` valid frame counts.
         """
+        short = 2 * self.half_window + 1 - waveform.shape[1]
+        if short > 0:  # the STFT's reflect padding needs a signal longer than half a window
+            waveform = nn.functional.pad(waveform, (0, short))
         with torch.autocast(waveform.device.type, enabled=False):
             mel = self.mel(waveform.float()).clamp_min(1e-10).log().transpose(1, 2)  # (b, t, m)
         # a frame counts when its window lies inside the signal, so padding never changes it

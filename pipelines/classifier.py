@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any
 
@@ -15,6 +14,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import Accuracy, F1Score
 
 from mmctx.backbones import FusionBackbone
+from mmctx.checkpoints import save_config
 from mmctx.encoders import ModalityEncoder
 from mmctx.features import FeatureSequence
 from mmctx.fusion import MultimodalFusion, masked_max, masked_mean
@@ -22,22 +22,16 @@ from mmctx.fusion import MultimodalFusion, masked_max, masked_mean
 POOLS = ("mean", "max", "summary", "attention")
 
 
-def save_config(module: L.LightningModule, objects: list[str]) -> None:
-    """``save_hyperparameters`` that keeps checkpoints free of pickled modules.
-
-    Built by the CLI, the hyperparameters are the config itself (``class_path`` and
-    ``init_args`` of every encoder), so a checkpoint rebuilds the whole model. Built in
-    plain Python, the ``objects`` arguments (modules, factories) are left out: they would
-    be pickled objects, and checkpoints are meant to load with ``weights_only=True``.
-    """
-    try:
-        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-
-        from_config = _given_hyperparameters.get() is not None
-    except ImportError:  # pragma: no cover - a Lightning without the CLI hook
-        from_config = False
-    frame = inspect.currentframe().f_back  # the caller's __init__ holds the arguments
-    module.save_hyperparameters(ignore=None if from_config else objects, frame=frame)
+def pool_sequence(seq: FeatureSequence, pool: str, score: nn.Module | None = None) -> Tensor:
+    """One ``(b, d)`` vector per sample (see ``MultimodalClassifier``'s ``pool``)."""
+    if pool == "mean":
+        return masked_mean(seq)
+    if pool == "max":
+        return masked_max(seq)
+    if pool == "summary":
+        return seq.features[:, 0]
+    weight = score(seq.features).squeeze(-1).masked_fill(~seq.mask, float("-inf"))
+    return (weight.softmax(-1)[..., None] * seq.features).sum(1)  # position 0 is always valid
 
 
 def _adamw(params: Any) -> torch.optim.Optimizer:
@@ -72,6 +66,8 @@ class MultimodalClassifier(L.LightningModule):
             score per position and the softmax-weighted sum (attention pooling: learns to
             find a few telling positions among thousands much sooner than the others).
         dropout: Dropout before the output layer.
+        share_frame_cnn: The video encoder runs its frames through the image encoder's CNN
+            (one set of weights, trained by both) instead of a CNN of its own.
         optimizer: Optimizer factory (default AdamW, lr 1e-3, weight decay 0.01).
         lr_scheduler: Scheduler factory stepped every step; default linear warm-up then cosine.
     """
@@ -84,6 +80,7 @@ class MultimodalClassifier(L.LightningModule):
         multilabel: bool = False,
         pool: str = "mean",
         dropout: float = 0.1,
+        share_frame_cnn: bool = False,
         optimizer: OptimizerCallable = _adamw,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -99,6 +96,10 @@ class MultimodalClassifier(L.LightningModule):
         self.pool_score = nn.Linear(backbone.dim, 1) if pool == "attention" else None
         if len(class_names) < 2 and not multilabel:
             raise ValueError(f"need at least 2 classes, got class_names={class_names}")
+        if share_frame_cnn:
+            if not {"image", "video"} <= set(encoders):
+                raise ValueError("share_frame_cnn needs both an image and a video encoder")
+            encoders["video"].share_frame_cnn(encoders["image"])
         self.encoders = nn.ModuleDict(encoders)
         in_dims = {m: e.out_dim for m, e in encoders.items()}
         self.fusion = MultimodalFusion(
@@ -135,14 +136,7 @@ class MultimodalClassifier(L.LightningModule):
 
     def pooled(self, seq: FeatureSequence) -> Tensor:
         """One ``(b, d)`` vector per sample from the backbone's output (see ``pool``)."""
-        if self.pool == "mean":
-            return masked_mean(seq)
-        if self.pool == "max":
-            return masked_max(seq)
-        if self.pool == "summary":
-            return seq.features[:, 0]
-        score = self.pool_score(seq.features).squeeze(-1).masked_fill(~seq.mask, float("-inf"))
-        return (score.softmax(-1)[..., None] * seq.features).sum(1)  # position 0 is always valid
+        return pool_sequence(seq, self.pool, self.pool_score)
 
     def embed(self, inputs: dict[str, Any]) -> FeatureSequence:
         """The backbone's output sequence ``(b, n, d)`` (for heads other than this one)."""

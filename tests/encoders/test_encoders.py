@@ -208,3 +208,13 @@ def test_builtin_text_encoder_reads_long_texts_in_windows():
     assert seq.features.shape == (2, 50, 16) and seq.mask.sum(1).tolist() == [50, 1]
     with pytest.raises(ValueError, match="stride must be in 1..window \\(8\\), got 9"):
         TextTransformerEncoder(dim=16, heads=2, window=8, stride=9)
+
+
+@pytest.mark.parametrize("width", [1, 50])
+def test_audio_batch_without_audio_or_shorter_than_a_window(width):
+    """A batch whose clips are all absent (collated to width 1) or very short still encodes."""
+    enc = AudioRNNEncoder(sample_rate=8000, n_mels=16, hidden_dim=8, num_layers=1)
+    lengths = torch.tensor([0, width if width > 1 else 0])
+    seq = enc({"waveform": torch.ones(2, width) * 0.1, "lengths": lengths, "sample_rate": 8000})
+    assert not seq.mask[0].any() and torch.isfinite(seq.features).all()
+    assert seq.mask[1].any() == (width > 1)

@@ -107,7 +107,7 @@ def test_constructor_errors():
 
 def test_plain_python_hparams_hold_no_objects():
     model = _model()
-    assert set(model.hparams) == {"class_names", "multilabel", "pool", "dropout"}
+    assert set(model.hparams) == {"class_names", "multilabel", "pool", "dropout", "share_frame_cnn"}
 
 
 def test_attention_pool_follows_the_scores_and_skips_padding():
@@ -125,3 +125,30 @@ def test_attention_pool_follows_the_scores_and_skips_padding():
     feats[0, 3] = torch.tensor([9.0, 9.0, 9.0, 9.0])  # padding: higher score, never used
     seq = FeatureSequence(feats, torch.tensor([[True, True, True, False]]))
     torch.testing.assert_close(model.pooled(seq), feats[:, 1], atol=1e-6, rtol=0)
+
+
+def test_share_frame_cnn_ties_video_frames_to_the_image_cnn():
+    from mmctx.encoders import ImageCNNEncoder, VideoCNNEncoder
+
+    def build(share: bool) -> MultimodalClassifier:
+        encoders = {
+            "image": ImageCNNEncoder(8, in_channels=1, width=4),
+            "video": VideoCNNEncoder(8, in_channels=1, width=4, max_frames=3),
+        }
+        backbone = TransformerBackbone(dim=8, depth=1, heads=2)
+        return MultimodalClassifier(encoders, backbone, ["a", "b"], share_frame_cnn=share)
+
+    shared, separate = build(True), build(False)
+    image_trunk = list(shared.encoders["image"].trunk.parameters())
+    assert all(
+        a is b for a, b in zip(shared.encoders["video"].trunk.parameters(), image_trunk, strict=True)
+    )
+    n = sum(p.numel() for p in shared.parameters())  # a shared tensor counts once
+    assert n == sum(p.numel() for p in separate.parameters()) - sum(p.numel() for p in image_trunk)
+    with pytest.raises(ValueError, match="needs both an image and a video encoder"):
+        MultimodalClassifier(
+            {"image": ImageCNNEncoder(8, in_channels=1, width=4)},
+            TransformerBackbone(dim=8, depth=1, heads=2),
+            ["a", "b"],
+            share_frame_cnn=True,
+        )

@@ -1,0 +1,187 @@
+"""Checkpoints and exports that load without running pickled code.
+
+A checkpoint written by ``mmctx fit`` holds the model's full config (``class_path`` and
+``init_args`` of every component, see :func:`save_config`) and the data module's
+preprocessing settings (see ``MultimodalDataModule.state_dict``), so a model is rebuilt from
+the file alone: :func:`load_module`. Every read uses ``torch.load(weights_only=True)``.
+
+An export (:func:`export_model`) is the same model as a plain ``model.safetensors`` beside a
+``config.json``; :func:`load_export` rebuilds it with jsonargparse and safetensors, without
+Lightning's checkpoint machinery.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+EXPORT_WEIGHTS = "model.safetensors"
+EXPORT_CONFIG = "config.json"
+DATA_SETTINGS_KEY = "mmctx_data_settings"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or export that cannot be used; the message names the file and the cause."""
+
+
+def save_config(module: nn.Module, objects: list[str]) -> None:
+    """``save_hyperparameters`` that keeps checkpoints free of pickled modules.
+
+    Built by the CLI, the hyperparameters are the config itself (``class_path`` and
+    ``init_args`` of every encoder), so a checkpoint rebuilds the whole model. Built in
+    plain Python, the ``objects`` arguments (modules, factories) are left out: they would
+    be pickled objects, and checkpoints are meant to load with ``weights_only=True``.
+    """
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+        from_config = _given_hyperparameters.get() is not None
+    except ImportError:  # pragma: no cover - a Lightning without the CLI hook
+        from_config = False
+    frame = inspect.currentframe().f_back  # the caller's __init__ holds the arguments
+    module.save_hyperparameters(ignore=None if from_config else objects, frame=frame)
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with errors that name the file and the cause."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a readable checkpoint (not a torch.save zip file)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: holds objects that only unpickling code could rebuild; "
+            f"refusing to load it ({str(err).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    return ckpt
+
+
+def _plain(value: Any) -> Any:
+    """Config values as plain JSON types (the CLI stores jsonargparse Namespaces)."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _model_config(hparams: dict[str, Any], source: Path) -> dict[str, Any]:
+    config = {k: _plain(v) for k, v in hparams.items() if k != "_instantiator"}
+    if "_class_path" not in config:
+        raise CheckpointError(
+            f"{source}: the checkpoint does not say which class it holds; it was not written "
+            "by `mmctx fit` (build the model in Python and load its state_dict instead)"
+        )
+    return config
+
+
+def build_module(config: dict[str, Any], source: Path | str = "config") -> nn.Module:
+    """Instantiate a module from its saved config (``_class_path`` plus init arguments)."""
+    from jsonargparse import ArgumentParser
+
+    # The components' classes must be importable for their class paths to resolve.
+    import mmctx.backbones  # noqa: F401
+    import mmctx.encoders  # noqa: F401
+    import mmctx.pipelines  # noqa: F401
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(nn.Module, "module", fail_untyped=False)
+    kwargs = copy.deepcopy({k: v for k, v in config.items() if k != "_class_path"})
+    try:
+        cfg = parser.parse_object(
+            {"module": {"class_path": config["_class_path"], "dict_kwargs": kwargs}}
+        )
+        return parser.instantiate_classes(cfg).module
+    except Exception as err:  # jsonargparse raises several kinds; all mean "cannot rebuild"
+        raise CheckpointError(
+            f"{source}: cannot rebuild the model from its config ({err})"
+        ) from err
+
+
+def load_module(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> nn.Module:
+    """Rebuild the LightningModule a ``mmctx fit`` checkpoint holds, weights loaded, eval mode."""
+    ckpt = read_checkpoint(path)
+    model = build_module(_model_config(ckpt.get("hyper_parameters", {}), Path(path)), path)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(map_location).eval()
+
+
+def data_settings(ckpt: str | os.PathLike[str] | dict[str, Any]) -> dict[str, Any]:
+    """The preprocessing settings the model was trained with (``{}`` if not recorded).
+
+    Keys (when recorded): ``modalities``, ``preprocess`` (``image_size``, ``image_channels``,
+    ``sample_rate``, ``limits``, ...), ``class_names``.
+    """
+    if not isinstance(ckpt, dict):
+        ckpt = read_checkpoint(ckpt)
+    for value in ckpt.values():
+        if isinstance(value, dict) and DATA_SETTINGS_KEY in value:
+            return value[DATA_SETTINGS_KEY]
+    return dict(ckpt.get(DATA_SETTINGS_KEY, {}))
+
+
+def export_model(
+    ckpt_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
+) -> dict[str, Path]:
+    """Write ``model.safetensors`` and ``config.json`` (model config + data settings)."""
+    from safetensors.torch import save_file
+
+    ckpt = read_checkpoint(ckpt_path)
+    config = _model_config(ckpt.get("hyper_parameters", {}), Path(ckpt_path))
+    model = build_module(config, ckpt_path)
+    model.load_state_dict(ckpt["state_dict"])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # safetensors refuses tensors that share memory; clone makes each one its own.
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, out / EXPORT_WEIGHTS)
+    meta = {"model": config, "data": data_settings(ckpt), "format": "mmctx-export-1"}
+    (out / EXPORT_CONFIG).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    return {"weights": out / EXPORT_WEIGHTS, "config": out / EXPORT_CONFIG}
+
+
+def load_export(
+    export_dir: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild an exported model (eval mode) and return it with its data settings."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(export_dir)
+    cfg_path, weights = folder / EXPORT_CONFIG, folder / EXPORT_WEIGHTS
+    for p in (cfg_path, weights):
+        if not p.is_file():
+            raise CheckpointError(
+                f"{p}: missing; an export folder holds {EXPORT_CONFIG} and {EXPORT_WEIGHTS}"
+            )
+    try:
+        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+        config = meta["model"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{cfg_path}: not an mmctx export config ({err})") from None
+    model = build_module(config, cfg_path)
+    try:
+        model.load_state_dict(load_file(weights))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({err})") from None
+    return model.to(map_location).eval(), meta.get("data", {})

@@ -1,0 +1,197 @@
+"""Check a dataset before training on it: ``mmctx validate-data MANIFEST``.
+
+Every row is parsed and every file decoded with the same readers training uses; the report
+gives per-modality sizes (min / median / max), how many samples carry each modality, label
+counts, duplicate ids, and every problem with its line and file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import soundfile as sf
+
+from mmctx.io import DEFAULT_LIMITS, DecodeError, Limits, read_audio, read_image, read_text
+from mmctx.manifest import iter_lines, parse_row
+
+# What is measured per modality, and in which unit.
+UNITS = {
+    "text": "characters",
+    "image": "pixels (w·h)",
+    "audio": "seconds",
+    "video": "frames",
+}
+
+
+@dataclass
+class DataReport:
+    """What :func:`validate_manifest` found."""
+
+    manifest: str
+    rows: int = 0
+    problems: list[str] = field(default_factory=list)
+    sizes: dict[str, list[float]] = field(default_factory=dict)
+    presence: Counter = field(default_factory=Counter)
+    labels: Counter = field(default_factory=Counter)
+    duplicate_ids: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.duplicate_ids
+
+    def summary(self) -> dict[str, Any]:
+        """The report as plain JSON types."""
+        return {
+            "manifest": self.manifest,
+            "rows": self.rows,
+            "ok": self.ok,
+            "problems": self.problems,
+            "modalities": {
+                m: {"samples": self.presence[m], "unit": UNITS.get(m, ""), **_spread(v)}
+                for m, v in sorted(self.sizes.items())
+            },
+            "labels": dict(sorted(self.labels.items(), key=lambda kv: str(kv[0]))),
+            "duplicate_ids": self.duplicate_ids,
+        }
+
+    def text(self) -> str:
+        """A readable report."""
+        s = self.summary()
+        bad = len(self.problems)
+        lines = [
+            f"{self.manifest}: {self.rows} rows, {self.rows - bad} usable, {bad} with problems"
+        ]
+        lines.append("modality  samples  min / median / max")
+        for m, info in s["modalities"].items():
+            spread = " / ".join(_fmt(info[k]) for k in ("min", "median", "max"))
+            lines.append(f"  {m:<7} {info['samples']:>7}  {spread} {info['unit']}")
+        if self.labels:
+            counts = ", ".join(f"{k}: {v}" for k, v in s["labels"].items())
+            lines.append(f"labels ({len(self.labels)} classes): {counts}")
+        else:
+            lines.append("labels: none")
+        for sample_id, at in self.duplicate_ids.items():
+            lines.append(f"duplicate id {sample_id!r} on lines {', '.join(map(str, at))}")
+        if self.problems:
+            lines.append(f"problems ({bad}):")
+            lines.extend(f"  {p}" for p in self.problems)
+        lines.append("OK" if self.ok else "NOT OK: fix the problems above before training")
+        return "\n".join(lines)
+
+
+def _spread(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"min": None, "median": None, "max": None}
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value % 1 else f"{int(value)}"
+
+
+def _measure(sample: Any, limits: Limits) -> dict[str, list[float]]:
+    """Decode every item of a sample; return its sizes per modality (DecodeError if any fails)."""
+    sizes: dict[str, list[float]] = {}
+    if sample.text is not None:
+        sizes["text"] = [len(sample.text)]
+    elif sample.text_path is not None:
+        sizes["text"] = [len(read_text(sample.text_path, limits=limits))]
+    for path in sample.media.get("image", []):
+        h, w = read_image(path, limits=limits).shape[:2]
+        sizes.setdefault("image", []).append(w * h)
+    for path in sample.media.get("audio", []):
+        samples = read_audio(path, limits=limits)
+        sizes.setdefault("audio", []).append(len(samples) / sf.info(str(path)).samplerate)
+    for path in sample.media.get("video", []):
+        from mmctx.io import read_video
+
+        sizes.setdefault("video", []).append(len(read_video(path, limits=limits)))
+    return sizes
+
+
+def validate_manifest(
+    path: str | Path, *, limits: Limits = DEFAULT_LIMITS, progress: bool = False
+) -> DataReport:
+    """Parse every row and decode every file of a manifest; never raises for bad data."""
+    from tqdm import tqdm
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    report = DataReport(str(path))
+    first_line: dict[str, int] = {}
+    lines = list(iter_lines(path)) if progress else iter_lines(path)
+    for line, text in tqdm(lines, desc="validate", unit="row", disable=not progress):
+        report.rows += 1
+        try:
+            if isinstance(text, Exception):
+                raise text
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"not valid JSON ({err.msg})") from None
+            sample = parse_row(row, line, path.parent)
+            sizes = _measure(sample, limits)
+        except (ValueError, DecodeError) as err:
+            message = str(err)
+            report.problems.append(
+                message if message.startswith(str(path)) else f"line {line}: {message}"
+            )
+            continue
+        if sample.id in first_line:
+            report.duplicate_ids.setdefault(sample.id, [first_line[sample.id]]).append(line)
+        first_line.setdefault(sample.id, line)
+        for modality, values in sizes.items():
+            report.presence[modality] += 1
+            report.sizes.setdefault(modality, []).extend(values)
+        labels = sample.label if isinstance(sample.label, list) else [sample.label]
+        report.labels.update(str(lab) for lab in labels if lab is not None)
+    return report
+
+
+def main(argv: Sequence[str]) -> int:
+    """``mmctx validate-data``; exit status 1 when anything is wrong."""
+    parser = argparse.ArgumentParser(
+        prog="mmctx validate-data",
+        description="Check a JSON Lines manifest before training: every row parses, every file "
+        "exists and decodes (with the same readers and limits as training), and report sizes "
+        "per modality (min/median/max), how many samples carry each modality, label counts "
+        "and duplicate ids. Exit status 0 when all is well, 1 when anything is wrong.",
+    )
+    parser.add_argument("manifest", nargs="+", help="manifest file(s) to check")
+    parser.add_argument("--json", help="also write the reports to this JSON file")
+    parser.add_argument(
+        "--max-image-pixels", type=int, default=DEFAULT_LIMITS.max_image_pixels,
+        help="default: %(default)s",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-audio-seconds", type=float, default=DEFAULT_LIMITS.max_audio_seconds,
+        help="default: %(default)s",
+    )  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    limits = Limits(
+        max_image_pixels=args.max_image_pixels, max_audio_seconds=args.max_audio_seconds
+    )
+    reports = []
+    for manifest in args.manifest:
+        try:
+            report = validate_manifest(manifest, limits=limits, progress=not args.no_progress)
+        except FileNotFoundError as err:
+            print(f"mmctx validate-data: error: {err}", file=sys.stderr)
+            return 2
+        print(report.text())
+        reports.append(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.summary() for r in reports], indent=1))
+    return 0 if all(r.ok for r in reports) else 1

@@ -1,0 +1,458 @@
+"""Run a trained classifier on mixed media: the ``Predictor`` API and ``mmctx infer``.
+
+Load once, predict many::
+
+    predictor = Predictor.from_checkpoint("best.ckpt")
+    predictor.predict(text="a seven", image="seven.png", audio="seven.wav")
+    for record in predictor.predict_rows(rows_from_manifest("new.jsonl")):
+        ...
+
+Every input sample gives exactly one record, in input order::
+
+    {"line": 3, "id": "x", "status": "ok" | "error", "label": "7", "top_k": [["7", 0.93], ...],
+     "modalities": ["audio", "image"], "error": null | "<file or line>: <reason>"}
+
+``line`` is the 1-based line of a manifest (a malformed line has no id), or the sample's
+position for folder and command-line inputs. Decoding runs in a thread pool, one batch ahead
+of the model; memory holds a couple of batches whatever the number of samples.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities import move_data_to_device
+
+from mmctx.checkpoints import CheckpointError, data_settings, load_export, load_module
+from mmctx.data import Collate, ManifestDataset, Preprocess, SampleError
+from mmctx.io import Limits
+from mmctx.manifest import iter_lines, known_modalities, parse_row
+
+log = logging.getLogger(__name__)
+
+# Folder inputs: files are grouped into samples by stem, and a file's modality is chosen by
+# its extension (its content is still what decides how it is decoded).
+FOLDER_EXTENSIONS = {
+    "image": (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"),
+    "audio": (".wav", ".flac", ".ogg"),
+    "video": (".mp4", ".avi", ".mov", ".mkv", ".webm"),
+    "text_path": (".txt",),
+}
+
+Row = tuple[int, dict[str, Any] | Exception]  # (line or position, a manifest row or why not)
+
+
+@dataclass(frozen=True)
+class InputRows:
+    """Rows to predict on and the folder their relative paths start from."""
+
+    rows: Iterable[Row]
+    base: Path
+    total: int | None = None  # for the progress bar, when known
+    ignored: tuple[str, ...] = ()  # files a folder held that are not inputs (hidden, folders)
+
+
+def rows_from_manifest(path: str | os.PathLike[str]) -> InputRows:
+    """Stream the rows of a JSON Lines manifest (blank lines give no row)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+
+    def rows() -> Iterator[Row]:
+        for line, text in iter_lines(path):
+            if isinstance(text, Exception):
+                yield line, text
+                continue
+            try:
+                yield line, json.loads(text)
+            except json.JSONDecodeError as err:
+                yield line, ValueError(f"{path}:{line}: not valid JSON ({err.msg})")
+
+    total = sum(1 for _ in iter_lines(path))
+    return InputRows(rows(), path.parent, total)
+
+
+def rows_from_folder(folder: str | os.PathLike[str]) -> InputRows:
+    """One sample per file stem: ``x.png``, ``x.wav``, ``x.txt`` make sample ``x``.
+
+    Files are matched to modalities by extension (:data:`FOLDER_EXTENSIONS`), several files of
+    one modality join one sample, sub-folders and hidden files are ignored (and counted);
+    a file with another extension gives an error record of its own.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder not found: {folder}")
+    by_ext = {ext: key for key, exts in FOLDER_EXTENSIONS.items() for ext in exts}
+    samples: dict[str, dict[str, Any]] = {}
+    ignored = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or entry.is_dir():
+            ignored.append(entry.name)
+            continue
+        key = by_ext.get(entry.suffix.lower())
+        row = samples.setdefault(entry.stem, {"id": entry.stem})
+        if key is None:
+            row.setdefault("_unknown", []).append(entry.name)
+        elif key == "text_path" and key in row:
+            row.setdefault("_unknown", []).append(entry.name)  # one text file per sample
+        else:
+            row.setdefault(key, []).append(entry.name)
+    known = ", ".join(sorted(by_ext))
+
+    def rows() -> Iterator[Row]:
+        for position, row in enumerate(samples.values(), start=1):
+            if "_unknown" in row:
+                names = ", ".join(row["_unknown"])
+                yield (
+                    position,
+                    ValueError(
+                        f"{folder / row['_unknown'][0]}: cannot tell which modality {names} is "
+                        f"(folder inputs use one text file per stem and these extensions: {known})"
+                    ),
+                )
+            else:
+                row["text_path"] = row["text_path"][0] if "text_path" in row else None
+                yield position, {k: v for k, v in row.items() if v is not None}
+
+    return InputRows(rows(), folder, len(samples), tuple(ignored))
+
+
+def row_from_arguments(
+    text: str | None = None,
+    image: str | list[str] | None = None,
+    audio: str | list[str] | None = None,
+    video: str | list[str] | None = None,
+    sample_id: str = "sample",
+) -> dict[str, Any]:
+    """A manifest-style row from values and paths (paths relative to the working folder)."""
+    row: dict[str, Any] = {"id": sample_id}
+    if text is not None:
+        row["text"] = text
+    for key, value in (("image", image), ("audio", audio), ("video", video)):
+        if value:
+            row[key] = (
+                [os.fspath(v) for v in value] if isinstance(value, list) else os.fspath(value)
+            )
+    return row
+
+
+def check_inside_root(row: dict[str, Any], base: Path, root: Path, keys: Iterable[str]) -> None:
+    """Raise ValueError if a path under ``keys`` of ``row`` resolves (symlinks followed)
+    outside ``root``. Only the path strings are looked at: nothing is opened or stat'ed
+    before the check. Inline text (the ``text`` key) is not a path and is not checked.
+    """
+    root = root.resolve()
+    for key in keys:
+        if key == "text":
+            continue
+        value = row.get(key)
+        for p in value if isinstance(value, list) else [value]:
+            if isinstance(p, str) and p:
+                target = (base / p).resolve()
+                if not target.is_relative_to(root):
+                    raise ValueError(f"'{key}' path {p!r} leaves the data root {root}")
+
+
+class Predictor:
+    """A trained classifier with its preprocessing, ready to predict on files and text.
+
+    Safe to share between threads: decoding runs in the calling thread, the model's forward
+    pass under a lock.
+
+    Args:
+        model: A classifier (``MultimodalClassifier`` or any module with ``class_names``
+            whose ``forward(inputs)`` returns logits).
+        data: The data settings saved with the model (see :func:`mmctx.checkpoints.data_settings`).
+        device: Where the model runs (default: CUDA when available).
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, data: dict[str, Any], device: str | None = None
+    ) -> None:
+        if not hasattr(model, "class_names"):
+            raise CheckpointError(f"{type(model).__name__} is not a classifier (no class_names)")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.class_names: list[str] = list(model.class_names)
+        self.multilabel = bool(getattr(model, "multilabel", False))
+        self.modalities = tuple(data.get("modalities") or model.encoders.keys())
+        self.preprocess = preprocess_from(data)
+        self._lock = threading.Lock()
+        self._manifest_keys = [k for m in known_modalities(self.modalities) for k in m.keys]
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], device: str | None = None) -> Predictor:
+        """Load a ``mmctx fit`` checkpoint (weights only, no pickled code run)."""
+        return cls(load_module(path), data_settings(path), device)
+
+    @classmethod
+    def from_export(cls, folder: str | os.PathLike[str], device: str | None = None) -> Predictor:
+        """Load a folder written by ``mmctx export`` (safetensors + config.json)."""
+        model, data = load_export(folder)
+        return cls(model, data, device)
+
+    def predict(
+        self,
+        *,
+        text: str | None = None,
+        image: str | list[str] | None = None,
+        audio: str | list[str] | None = None,
+        video: str | list[str] | None = None,
+        top_k: int = 5,
+    ) -> dict[str, Any]:
+        """Predict one sample from inline text and file paths; returns its record."""
+        row = row_from_arguments(text, image, audio, video)
+        rows = InputRows([(1, row)], Path.cwd(), 1)
+        return next(self.predict_rows(rows, batch_size=1, top_k=top_k, workers=0))
+
+    def predict_rows(
+        self,
+        inputs: InputRows,
+        *,
+        batch_size: int = 16,
+        top_k: int = 5,
+        workers: int = 2,
+        root: str | os.PathLike[str] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Records for ``inputs`` in order, one per row, decoded ``workers`` at a time.
+
+        Args:
+            inputs: From :func:`rows_from_manifest`, :func:`rows_from_folder` or built by hand.
+            batch_size: Samples per forward pass.
+            top_k: Classes listed per record.
+            workers: Decoding threads (0: decode in this thread).
+            root: When given, a path that leaves this folder is an error (checked before
+                anything is opened).
+        """
+        if batch_size < 1 or top_k < 1 or workers < 0:
+            raise ValueError(
+                f"need batch_size >= 1, top_k >= 1, workers >= 0; got "
+                f"{batch_size}, {top_k}, {workers}"
+            )
+        root_path = Path(root) if root is not None else None
+        pool = ThreadPoolExecutor(workers) if workers else None
+        try:
+            pending: list[tuple[list[dict[str, Any]], list, list]] = []
+            for chunk in _chunks(inputs.rows, batch_size):
+                pending.append(self._start(chunk, inputs.base, root_path, pool))
+                if len(pending) > 1:  # decode one batch ahead of the model
+                    yield from self._finish(*pending.pop(0), top_k)
+            while pending:
+                yield from self._finish(*pending.pop(0), top_k)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+
+    def _start(
+        self, chunk: list[Row], base: Path, root: Path | None, pool: ThreadPoolExecutor | None
+    ) -> tuple[list[dict[str, Any]], list, list]:
+        """Parse the rows of a batch and start decoding the good ones."""
+        records, samples = [], []
+        for line, row in chunk:
+            record = {"line": line, "id": None, "status": "error", "error": None}
+            records.append(record)
+            try:
+                if isinstance(row, Exception):
+                    raise row
+                if isinstance(row, dict) and "id" in row:
+                    record["id"] = str(row["id"])
+                if root is not None and isinstance(row, dict):
+                    check_inside_root(row, base, root, self._manifest_keys)
+                sample = parse_row(row, line, base, modalities=self.modalities)
+            except ValueError as err:
+                record["error"] = (
+                    str(err) if str(err).startswith(str(base)) else f"line {line}: {err}"
+                )
+                continue
+            record["id"] = sample.id
+            samples.append((record, sample))
+        dataset = ManifestDataset([s for _, s in samples], None, self.modalities, self.preprocess)
+        load = dataset.__getitem__
+        if pool is None:
+            return records, samples, [load(i) for i in range(len(dataset))]
+        return records, samples, [pool.submit(load, i) for i in range(len(dataset))]
+
+    def _finish(
+        self, records: list[dict[str, Any]], samples: list, loaded: list, top_k: int
+    ) -> list[dict[str, Any]]:
+        items = [it.result() if isinstance(it, Future) else it for it in loaded]
+        good = []
+        for (record, _), item in zip(samples, items, strict=True):
+            if isinstance(item, SampleError):
+                record["error"] = str(item)
+            else:
+                good.append((record, item))
+        if good:
+            batch = Collate(self.modalities, self.preprocess, None)([it for _, it in good])
+            for (record, _), result in zip(good, self._classify(batch, top_k), strict=True):
+                record.update(result)
+        return [_ordered(r) for r in records]
+
+    def _classify(self, batch: dict[str, Any], top_k: int) -> list[dict[str, Any]]:
+        inputs = move_data_to_device(batch["inputs"], self.device)
+        with self._lock, torch.inference_mode():
+            logits = self.model(inputs).float()
+        probs = (logits.sigmoid() if self.multilabel else logits.softmax(-1)).cpu()
+        k = min(top_k, len(self.class_names))
+        values, indices = probs.topk(k, dim=-1)
+        results = []
+        for row in range(len(probs)):
+            if self.multilabel:
+                label: Any = [
+                    c for c, p in zip(self.class_names, probs[row], strict=True) if p >= 0.5
+                ]
+            else:
+                label = self.class_names[int(indices[row, 0])]
+            ranked = [
+                [self.class_names[int(i)], round(float(v), 6)]
+                for v, i in zip(values[row], indices[row], strict=True)
+            ]
+            used = [m for m, flags in batch["present"].items() if bool(flags[row])]
+            results.append({"status": "ok", "label": label, "top_k": ranked, "modalities": used})
+        return results
+
+
+def _ordered(record: dict[str, Any]) -> dict[str, Any]:
+    keys = ("line", "id", "status", "label", "top_k", "modalities", "error")
+    return {k: record.get(k) for k in keys}
+
+
+def _chunks(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
+    chunk: list[Row] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def preprocess_from(data: dict[str, Any]) -> Preprocess:
+    """Rebuild :class:`Preprocess` from saved data settings, ignoring keys this version lacks."""
+    settings = data.get("preprocess", {})
+    known = {f.name for f in fields(Preprocess)}
+    values = {k: v for k, v in settings.items() if k in known}
+    if isinstance(values.get("limits"), dict):
+        limit_keys = {f.name for f in fields(Limits)}
+        values["limits"] = Limits(**{k: v for k, v in values["limits"].items() if k in limit_keys})
+    return Preprocess(**values)
+
+
+INFER_HELP = """\
+Predict with a trained classifier on new data, one JSON line per sample, in input order.
+
+Inputs (choose one):
+  --manifest FILE   a JSON Lines manifest (paths relative to its folder; labels ignored)
+  --folder DIR      files grouped into samples by stem: x.png + x.wav + x.txt -> sample "x"
+                    (extensions: images .png .jpg .jpeg .bmp .webp .tif .tiff, audio .wav
+                    .flac .ogg, video .mp4 .avi .mov .mkv .webm, text .txt; decoding goes
+                    by content; sub-folders and hidden files are ignored)
+  --text/--image/--audio/--video   one sample from the command line
+
+Each record: {"line", "id", "status": "ok"|"error", "label", "top_k": [[label, prob], ...],
+"modalities", "error"}. A bad sample gets status "error" and the reason (naming the file or
+line); the others go on. Exit status: 0 when every sample succeeded, 1 when any failed,
+2 when the command itself could not run (bad arguments, unreadable checkpoint).
+"""
+
+
+def infer_main(argv: list[str]) -> int:
+    """``mmctx infer``: see :data:`INFER_HELP`."""
+    import argparse
+    import sys
+    import time
+
+    from tqdm import tqdm
+
+    parser = argparse.ArgumentParser(
+        prog="mmctx infer",
+        description=INFER_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--ckpt", help="checkpoint written by `mmctx fit`")
+    model.add_argument("--export", help="folder written by `mmctx export`")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--manifest", help="JSON Lines manifest to predict on")
+    source.add_argument("--folder", help="folder of media files, grouped by stem")
+    parser.add_argument("--text", help="inline text of a single sample")
+    for key in ("image", "audio", "video"):
+        parser.add_argument(f"--{key}", action="append", help=f"{key} file (repeatable)")
+    parser.add_argument("--id", default="sample", help="id of a command-line sample")
+    parser.add_argument("--out", default="-", help="output JSON Lines file (default: stdout)")
+    parser.add_argument("--batch-size", type=int, default=16, help="default: %(default)s")
+    parser.add_argument("--top-k", type=int, default=3, help="classes per record (default: 3)")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="decoding threads (default: %(default)s)"
+    )
+    parser.add_argument("--root", help="refuse paths that resolve outside this folder")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    single = [args.text, args.image, args.audio, args.video]
+    if (args.manifest or args.folder) and any(v is not None for v in single):
+        parser.error("give --manifest, --folder, or --text/--image/--audio/--video, not several")
+    try:
+        if args.manifest:
+            inputs = rows_from_manifest(args.manifest)
+        elif args.folder:
+            inputs = rows_from_folder(args.folder)
+        elif any(v is not None for v in single):
+            row = row_from_arguments(args.text, args.image, args.audio, args.video, args.id)
+            inputs = InputRows([(1, row)], Path.cwd(), 1)
+        else:
+            parser.error("nothing to predict on: give --manifest, --folder or --text/--image/...")
+        predictor = (
+            Predictor.from_checkpoint(args.ckpt, args.device)
+            if args.ckpt
+            else Predictor.from_export(args.export, args.device)
+        )
+    except (FileNotFoundError, CheckpointError) as err:
+        print(f"mmctx infer: error: {err}", file=sys.stderr)
+        return 2
+    logging.getLogger("mmctx.data").setLevel(logging.ERROR)  # errors go into the records
+    out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
+    counts = {"ok": 0, "error": 0}
+    first_error = None
+    start = time.perf_counter()
+    records = predictor.predict_rows(
+        inputs, batch_size=args.batch_size, top_k=args.top_k, workers=args.workers, root=args.root
+    )
+    bar = tqdm(
+        records,
+        total=inputs.total,
+        unit="sample",
+        disable=args.no_progress or None,
+        file=sys.stderr,
+    )
+    try:
+        for record in bar:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            counts[record["status"]] += 1
+            first_error = first_error or record["error"]
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    seconds = time.perf_counter() - start
+    total = counts["ok"] + counts["error"]
+    where = "" if args.out == "-" else f" -> {args.out}"
+    summary = (
+        f"mmctx infer: {total} samples, {counts['ok']} ok, {counts['error']} failed "
+        f"in {seconds:.1f} s ({total / max(seconds, 1e-9):.1f} samples/s){where}"
+    )
+    if inputs.ignored:
+        summary += f"\n  ignored in the folder: {', '.join(inputs.ignored)}"
+    if first_error:
+        summary += f"\n  first error: {first_error}"
+    print(summary, file=sys.stderr)
+    return 1 if counts["error"] else 0
