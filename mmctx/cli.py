@@ -3,9 +3,12 @@
 ``mmctx fit --config configs/demo.yaml`` and friends are Lightning's CLI (YAML configs,
 ``--key value`` overrides, ``class_path``/``init_args``, ``--print_config``); the class
 names in configs resolve because the built-in components are imported here.
-``mmctx demo-data`` and ``mmctx digits-data`` write datasets; ``mmctx augment-preview``
-and ``mmctx robustness`` show what augmentation does and how a trained model copes with
-missing or degraded modalities.
+``mmctx demo-data`` and ``mmctx digits-data`` write datasets, ``mmctx validate-data``
+checks one; ``mmctx infer`` and ``mmctx export`` run and ship a trained classifier,
+``mmctx generate`` and ``mmctx gan-eval`` a trained GAN; ``mmctx augment-preview`` and
+``mmctx robustness`` show what augmentation does and how a trained model copes with
+missing or degraded modalities. Installed plugins (entry-point groups ``mmctx.encoders``
+and ``mmctx.modalities``) are loaded first, so their classes have short names.
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ import mmctx.backbones  # noqa: F401
 import mmctx.datamodule  # noqa: F401
 import mmctx.encoders  # noqa: F401
 import mmctx.pipelines  # noqa: F401
+from mmctx.modalities import ENTRY_POINT_GROUPS, load_entry_points
 from mmctx.pipelines import JsonlPredictionWriter
 
 OVERVIEW = """\
 usage: mmctx COMMAND [options]
 
-Train and run multimodal (text + image + audio) models.
+Train and run multimodal (text + image + audio + video) models.
 
 Lightning commands (configured by YAML, see `mmctx COMMAND --help`):
   fit           train a model:            mmctx fit --config configs/demo.yaml
@@ -38,9 +42,20 @@ Lightning commands (configured by YAML, see `mmctx COMMAND --help`):
   test          evaluate on the test set: mmctx test --config configs/demo.yaml --ckpt_path BEST.ckpt
   predict       write predictions.jsonl:  mmctx predict --config configs/demo.yaml --ckpt_path BEST.ckpt
 
+Inference and generation:
+  infer         predict on a manifest, a folder or files, as JSON Lines:
+                mmctx infer --ckpt BEST.ckpt --folder my_media/ --out predictions.jsonl
+  export        safetensors + config (and --torchscript) for serving without Lightning:
+                mmctx export --ckpt BEST.ckpt --out exported/ --torchscript
+  generate      draw images with a trained GAN (configs/gan_*.yaml) from conditions:
+                mmctx generate --ckpt GAN.ckpt --text "a seven" --audio 7.wav --out gen/
+  gan-eval      conditional accuracy and diversity of a GAN's images (no downloaded network):
+                mmctx gan-eval --ckpt GAN.ckpt --classifier IMAGE_ONLY.ckpt
+
 Data commands:
   demo-data     write the built-in tri-modal digits dataset to a folder
   digits-data   pair the real spoken and handwritten digits (shared/data) into manifests
+  validate-data check a manifest before training: files decode, sizes, labels, duplicates
 
 Augmentation and robustness:
   augment-preview  picture of samples before/after the config's augmentation:
@@ -165,11 +180,46 @@ def _robustness(argv: Sequence[str]) -> int:
     return 0
 
 
+def _validate_data(argv: Sequence[str]) -> int:
+    from mmctx.validate import main as validate_main
+
+    return validate_main(argv)
+
+
+def _export(argv: Sequence[str]) -> int:
+    from mmctx.pipelines.export import export_main
+
+    return export_main(list(argv))
+
+
+def _infer(argv: Sequence[str]) -> int:
+    from mmctx.pipelines.inference import infer_main
+
+    return infer_main(list(argv))
+
+
+def _generate(argv: Sequence[str]) -> int:
+    from mmctx.pipelines.generate import generate_main
+
+    return generate_main(list(argv))
+
+
+def _gan_eval(argv: Sequence[str]) -> int:
+    from mmctx.pipelines.generate import gan_eval_main
+
+    return gan_eval_main(list(argv))
+
+
 OWN_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "demo-data": _demo_data,
     "digits-data": _digits_data,
     "augment-preview": _augment_preview,
     "robustness": _robustness,
+    "infer": _infer,
+    "export": _export,
+    "generate": _generate,
+    "gan-eval": _gan_eval,
+    "validate-data": _validate_data,
 }
 
 
@@ -190,8 +240,16 @@ class MMCtxCLI(LightningCLI):
         report_fit(self.trainer, self.datamodule)
 
 
+def load_plugins() -> None:
+    """Import the encoders and modalities that installed packages declare in the entry-point
+    groups ``mmctx.encoders`` and ``mmctx.modalities``, so configs can name them shortly."""
+    for group in ENTRY_POINT_GROUPS:
+        load_entry_points(group)
+
+
 def lightning_cli(argv: Sequence[str] | None, **kwargs: Any) -> MMCtxCLI:
     """Run (or, with ``run=False``, only build) the Lightning part of the CLI."""
+    load_plugins()
     return MMCtxCLI(
         L.LightningModule,
         L.LightningDataModule,
@@ -247,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(OVERVIEW)
         return 0
     if args[0] in OWN_COMMANDS:
+        load_plugins()
         return OWN_COMMANDS[args[0]](args[1:])
     lightning_cli(None if argv is None else args)  # None: Lightning reads sys.argv itself
     return 0

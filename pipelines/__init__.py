@@ -1,6 +1,15 @@
 """LightningModules and runners assembled from the encoders and the core."""
 
 from .classifier import MultimodalClassifier
+from .gan import Discriminator, Generator, MultimodalGAN
+from .inference import Predictor
 from .writers import JsonlPredictionWriter
 
-__all__ = ["JsonlPredictionWriter", "MultimodalClassifier"]
+__all__ = [
+    "Discriminator",
+    "Generator",
+    "JsonlPredictionWriter",
+    "MultimodalClassifier",
+    "MultimodalGAN",
+    "Predictor",
+]

@@ -27,8 +27,19 @@ def _plain_argv(monkeypatch):
 def test_help_lists_every_command(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("fit", "validate", "test", "predict", "demo-data", "digits-data"):
+    from mmctx.cli import OWN_COMMANDS
+
+    for command in ("fit", "validate", "test", "predict", *OWN_COMMANDS):
         assert f"\n  {command}" in out
+
+
+@pytest.mark.parametrize("command", ["infer", "export", "validate-data", "generate", "gan-eval"])
+def test_own_commands_explain_themselves(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: mmctx {command}") and len(out) > 400
 
 
 OVERLAYS = {  # configs meant to be stacked on a base

@@ -1,0 +1,494 @@
+"""MultimodalGAN: draw one modality (an image) from what the other modalities say.
+
+The conditioning modalities go through the same encoders -> fusion -> backbone as the
+classifier and are pooled into one context vector ``c``. A DCGAN-style generator
+``G(z, c)`` takes ``c`` concatenated to the noise and through FiLM in every block; a
+projection discriminator ``D(x, c)`` scores ``psi(phi(x)) + <embed(c), phi(x)>``.
+
+Shape legend: b = batch, d = model width, z = noise width, c = channels, s = image side.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from mmctx.backbones import FusionBackbone
+from mmctx.checkpoints import save_config
+from mmctx.data import Collate
+from mmctx.encoders import ModalityEncoder
+from mmctx.fusion import MultimodalFusion, masked_max, masked_mean
+
+from .gan_images import contact_sheet, to_uint8, write_png
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("bce", "hinge")
+POOLS = ("mean", "max", "summary")
+
+
+def _levels(size: int) -> tuple[int, int]:
+    """``(upsamplings, base side)`` with ``base * 2**upsamplings == size`` and base in 4..7."""
+    if not 8 <= size <= 256:
+        raise ValueError(f"image_size must be in [8, 256], got {size}")
+    levels = 0
+    while size % 2 ** (levels + 1) == 0 and size // 2 ** (levels + 1) >= 4:
+        levels += 1
+    if size // 2**levels > 7:
+        raise ValueError(
+            f"image_size must be 4..7 times a power of two (8, 28, 32, 64), got {size}"
+        )
+    return levels, size // 2**levels
+
+
+def _channels(width: int, levels: int) -> list[int]:
+    """Channels from the coarsest level (index 0) to the finest (index ``levels``)."""
+    return [width * 2 ** min(3, levels - i) for i in range(levels + 1)]
+
+
+class ContextEncoder(nn.Module):
+    """Encoders -> fusion -> backbone -> pooled context vector ``c`` ``(b, d)``."""
+
+    def __init__(
+        self, encoders: dict[str, ModalityEncoder], backbone: FusionBackbone, pool: str
+    ) -> None:
+        super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {list(POOLS)}, got {pool!r}")
+        self.encoders = nn.ModuleDict(encoders)
+        dims = {m: e.out_dim for m, e in encoders.items()}
+        self.fusion = MultimodalFusion(dims, backbone.dim, modality_tokens=backbone.global_tokens)
+        self.backbone = backbone
+        self.pool = pool
+        self.dim = backbone.dim
+
+    def forward(self, inputs: dict[str, Any]) -> Tensor:
+        seq = self.backbone(self.fusion({m: enc(inputs[m]) for m, enc in self.encoders.items()}))
+        if self.pool == "mean":
+            return masked_mean(seq)
+        if self.pool == "max":
+            return masked_max(seq)
+        return seq.features[:, 0]
+
+
+class Generator(nn.Module):
+    """DCGAN-style generator: (noise, condition) -> image in ``[-1, 1]``.
+
+    Each block doubles the side (nearest upsampling, 3x3 conv), normalises without
+    affine parameters and applies FiLM (scale and shift) computed from the condition.
+
+    Args:
+        z_dim: Noise width.
+        cond_dim: Condition width.
+        image_size: Output side (8, 16, 28, 32, 64, ...).
+        channels: Output channels (1 or 3).
+        width: Channels of the finest block (coarser blocks have up to 8x as many).
+    """
+
+    def __init__(
+        self, z_dim: int, cond_dim: int, image_size: int, channels: int, width: int = 32
+    ) -> None:
+        super().__init__()
+        levels, self.base = _levels(image_size)
+        self.ch = _channels(width, levels)
+        self.z_dim = z_dim
+        self.stem = nn.Linear(z_dim + cond_dim, self.ch[0] * self.base**2)
+        self.stem_norm = nn.BatchNorm2d(self.ch[0], affine=False)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(self.ch[i], self.ch[i + 1], 3, padding=1) for i in range(levels)
+        )
+        self.norms = nn.ModuleList(nn.BatchNorm2d(c, affine=False) for c in self.ch[1:])
+        self.films = nn.ModuleList(nn.Linear(cond_dim, 2 * c) for c in self.ch)
+        self.out = nn.Conv2d(self.ch[-1], channels, 3, padding=1)
+
+    @staticmethod
+    def _film(x: Tensor, film: nn.Module, cond: Tensor) -> Tensor:
+        scale, shift = film(cond)[:, :, None, None].chunk(2, dim=1)  # (b, ch, 1, 1) each
+        return F.relu(x * (1 + scale) + shift)
+
+    def forward(self, z: Tensor, cond: Tensor) -> Tensor:
+        """``(b, z)`` noise and ``(b, cond_dim)`` condition -> ``(b, c, s, s)`` image."""
+        x = self.stem(torch.cat([z, cond], dim=1)).view(-1, self.ch[0], self.base, self.base)
+        x = self._film(self.stem_norm(x), self.films[0], cond)
+        for conv, norm, film in zip(self.convs, self.norms, self.films[1:], strict=True):
+            x = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (b, ch, 2s', 2s')
+            x = self._film(norm(x), film, cond)
+        return torch.tanh(self.out(x))
+
+
+class Discriminator(nn.Module):
+    """Projection discriminator: ``D(x, c) = psi(phi(x)) + <embed(c), phi(x)>``.
+
+    Args:
+        cond_dim: Condition width.
+        image_size: Input side.
+        channels: Input channels.
+        width: Channels of the first (finest) block.
+        num_classes: Add an auxiliary class head on ``phi(x)`` (AC-GAN); 0 for none.
+        use_spectral_norm: Spectral normalisation on every layer.
+    """
+
+    def __init__(
+        self,
+        cond_dim: int,
+        image_size: int,
+        channels: int,
+        width: int = 32,
+        num_classes: int = 0,
+        use_spectral_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        levels, _ = _levels(image_size)
+        ch = _channels(width, levels)[::-1]  # finest first
+        sn = spectral_norm if use_spectral_norm else (lambda m: m)
+        layers: list[nn.Module] = [sn(nn.Conv2d(channels, ch[0], 3, padding=1)), nn.LeakyReLU(0.2)]
+        for i in range(levels):  # each halves the side
+            layers += [sn(nn.Conv2d(ch[i], ch[i + 1], 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
+        layers += [sn(nn.Conv2d(ch[-1], ch[-1], 3, padding=1)), nn.LeakyReLU(0.2)]
+        self.features = nn.Sequential(*layers)
+        self.psi = sn(nn.Linear(ch[-1], 1))
+        self.embed = sn(nn.Linear(cond_dim, ch[-1]))
+        self.classify = nn.Linear(ch[-1], num_classes) if num_classes else None
+
+    def forward(self, x: Tensor, cond: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(b, c, s, s)`` images and ``(b, cond_dim)`` -> scores ``(b,)`` and class logits."""
+        phi = self.features(x).sum(dim=(2, 3))  # (b, ch): global sum pooling
+        score = self.psi(phi).squeeze(1) + (self.embed(cond) * phi).sum(1)
+        return score, None if self.classify is None else self.classify(phi)
+
+
+class MultimodalGAN(L.LightningModule):
+    """Conditional GAN whose condition is the fused context of the other modalities.
+
+    Trained with manual optimisation: one discriminator step, then one generator step
+    per batch, so Lightning's ``global_step`` (and ``trainer.max_steps``) counts two steps
+    per batch. Samples missing the target image are skipped and counted.
+
+    Args:
+        encoders: Encoders of the conditioning modalities (never the target).
+        backbone: The fusion backbone; its ``dim`` is the context width.
+        class_names: Class names (the CLI takes them from the data); used by the
+            auxiliary losses and to name conditions.
+        multilabel: Must be False (multi-label conditions are not supported).
+        target: The generated modality; only ``"image"`` for now.
+        image_size: Side of the generated square images (the data's ``image_size``).
+        image_channels: 1 (grayscale) or 3 (colour), as the data's ``image_channels``.
+        pool: How the context sequence becomes ``c``: ``"mean"``, ``"max"`` or ``"summary"``.
+        z_dim: Noise width.
+        cond_dim: Width the context is projected to before it conditions G and D.
+        g_width: Generator width (channels of its finest block).
+        d_width: Discriminator width.
+        loss: ``"bce"`` (non-saturating) or ``"hinge"``.
+        lr_g: Generator learning rate (Adam).
+        lr_d: Discriminator learning rate (Adam).
+        lr_context: Learning rate of the encoders, fusion and backbone.
+        betas: Adam betas of G and D (the usual GAN ``(0.5, 0.999)``).
+        r1_gamma: Weight of the R1 gradient penalty on real images (0: off).
+        spectral_norm: Spectral normalisation in D.
+        ema_decay: Decay of the moving average of G's weights used for sampling (0: off).
+        aux_weight: Weight of a cross-entropy loss that teaches ``c`` the label, so the
+            conditioning carries the class from the first steps (0: off).
+        ac_weight: Weight of an AC-GAN loss: D also classifies real images, and G is
+            rewarded when D gives its image the intended class (0: off).
+        ms_weight: Weight of a mode-seeking loss that keeps two noises for one condition
+            from giving the same image (against collapse to one image per class; 0: off).
+        sample_every_n_steps: Save (and log) a grid of samples for fixed validation
+            conditions every this many steps (0: never).
+        grid_samples: Samples per condition in that grid.
+    """
+
+    def __init__(
+        self,
+        encoders: dict[str, ModalityEncoder],
+        backbone: FusionBackbone,
+        class_names: list[str],
+        multilabel: bool = False,
+        target: str = "image",
+        image_size: int = 32,
+        image_channels: int = 1,
+        pool: str = "mean",
+        z_dim: int = 64,
+        cond_dim: int = 64,
+        g_width: int = 32,
+        d_width: int = 32,
+        loss: str = "bce",
+        lr_g: float = 2e-4,
+        lr_d: float = 2e-4,
+        lr_context: float = 1e-3,
+        betas: tuple[float, float] = (0.5, 0.999),
+        r1_gamma: float = 0.0,
+        spectral_norm: bool = True,
+        ema_decay: float = 0.999,
+        aux_weight: float = 1.0,
+        ac_weight: float = 0.0,
+        ms_weight: float = 0.0,
+        sample_every_n_steps: int = 200,
+        grid_samples: int = 8,
+    ) -> None:
+        super().__init__()
+        save_config(self, objects=["encoders", "backbone"])
+        self.automatic_optimization = False
+        if target != "image":
+            raise ValueError(
+                f"target must be 'image' (the only generated modality), got {target!r}"
+            )
+        if target in encoders:
+            raise ValueError(
+                f"the target modality {target!r} must not condition: remove encoders.{target}"
+            )
+        if not encoders:
+            raise ValueError("encoders is empty: configure at least one conditioning modality")
+        for name, enc in encoders.items():
+            if name != enc.modality:
+                raise ValueError(
+                    f"encoders[{name!r}] is a {type(enc).__name__} for {enc.modality!r}"
+                )
+        if multilabel:
+            raise ValueError("MultimodalGAN needs single-label data, got multilabel=True")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
+        if image_channels not in (1, 3):
+            raise ValueError(f"image_channels must be 1 or 3, got {image_channels}")
+        self.class_names = list(class_names)
+        self.context = ContextEncoder(encoders, backbone, pool)
+        self.cond = nn.Sequential(nn.Linear(backbone.dim, cond_dim), nn.LayerNorm(cond_dim))
+        self.aux_head = nn.Linear(backbone.dim, len(class_names)) if aux_weight > 0 else None
+        self.generator = Generator(z_dim, cond_dim, image_size, image_channels, g_width)
+        self.discriminator = Discriminator(
+            cond_dim,
+            image_size,
+            image_channels,
+            d_width,
+            num_classes=len(class_names) if ac_weight > 0 else 0,
+            use_spectral_norm=spectral_norm,
+        )
+        self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+        self.target, self.image_size, self.image_channels = target, image_size, image_channels
+        self.z_dim, self.loss = z_dim, loss
+        self.lrs, self.betas = (lr_g, lr_d, lr_context), tuple(betas)
+        self.r1_gamma, self.ema_decay = r1_gamma, ema_decay
+        self.aux_weight, self.ac_weight, self.ms_weight = aux_weight, ac_weight, ms_weight
+        self.sample_every_n_steps, self.grid_samples = sample_every_n_steps, grid_samples
+        self.skipped_samples = 0  # samples that failed to decode
+        self.missing_target: set[str] = set()  # ids of samples without a target image
+        self._grid_batch: dict[str, Any] | None = None
+
+    # -- model -------------------------------------------------------------------------
+    def condition(self, inputs: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Context ``(b, d)`` and condition ``(b, cond_dim)`` from a batch's ``inputs``."""
+        ctx = self.context(inputs)
+        return ctx, self.cond(ctx)
+
+    def forward(self, inputs: dict[str, Any], z: Tensor, ema: bool = True) -> Tensor:
+        """Images ``(b, c, s, s)`` in ``[-1, 1]`` for ``(b, z)`` noise and the batch's inputs."""
+        g = self.generator_ema if ema and self.ema_decay > 0 else self.generator
+        return g(z, self.condition(inputs)[1])
+
+    @torch.no_grad()
+    def sample(self, inputs: dict[str, Any], n: int, seed: int = 0, ema: bool = True) -> Tensor:
+        """``n`` uint8 images per condition, ``(b, n, c, s, s)``; same seed, same images."""
+        was_training = self.training
+        self.eval()
+        _, cond = self.condition(inputs)
+        b = cond.shape[0]
+        gen = torch.Generator().manual_seed(seed)
+        z = torch.randn(b * n, self.z_dim, generator=gen).to(cond.device)
+        g = self.generator_ema if ema and self.ema_decay > 0 else self.generator
+        images = g(z, cond.repeat_interleave(n, dim=0))  # (b*n, c, s, s)
+        self.train(was_training)
+        return to_uint8(images).view(b, n, *images.shape[1:])
+
+    # -- training ----------------------------------------------------------------------
+    def _targets(self, batch: dict[str, Any]) -> tuple[dict[str, Any], Tensor, Tensor] | None:
+        """Conditioning inputs, real images ``(b, c, s, s)`` in [-1, 1] and labels of the
+        samples that have a target image; the others are counted and left out."""
+        image = batch["inputs"][self.target]
+        pixels, has = image["pixels"], image["mask"][:, 0]  # (b, k, c, s, s), (b,)
+        self.missing_target.update(
+            i for i, h in zip(batch["ids"], has.tolist(), strict=True) if not h
+        )
+        if not has.any():
+            return None
+        if pixels.shape[2:] != (self.image_channels, self.image_size, self.image_size):
+            raise ValueError(
+                f"MultimodalGAN(image_channels={self.image_channels}, image_size="
+                f"{self.image_size}) got images of shape {tuple(pixels.shape[2:])}; set the "
+                "data's image_size/image_channels and the model's alike"
+            )
+        keep = has.nonzero().flatten()
+        inputs = {m: _rows(batch["inputs"][m], keep) for m in self.context.encoders}
+        real = pixels[keep, 0].float().div(127.5).sub(1.0)
+        return inputs, real, batch["label"][keep]
+
+    def _adv(self, score: Tensor, real: bool) -> Tensor:
+        if self.loss == "hinge":
+            return F.relu(1 - score).mean() if real else F.relu(1 + score).mean()
+        return F.softplus(-score).mean() if real else F.softplus(score).mean()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.skipped_samples += len(batch["errors"])
+        got = self._targets(batch) if batch["ids"] else None
+        if got is None:
+            return
+        inputs, real, label = got
+        opt_g, opt_d = self.optimizers()
+        b = real.shape[0]
+        ctx, cond = self.condition(inputs)
+        z = torch.randn(b, self.z_dim, device=real.device)
+
+        # discriminator: real vs generated (G and the context held fixed)
+        self.toggle_optimizer(opt_d)
+        fake = self.generator(z, cond.detach()).detach()
+        real.requires_grad_(self.r1_gamma > 0)
+        s_real, cls_real = self.discriminator(real, cond.detach())
+        s_fake, _ = self.discriminator(fake, cond.detach())
+        d_loss = self._adv(s_real, True) + self._adv(s_fake, False)
+        if self.r1_gamma > 0:
+            (grad,) = torch.autograd.grad(s_real.sum(), real, create_graph=True)
+            d_loss = d_loss + self.r1_gamma / 2 * grad.pow(2).flatten(1).sum(1).mean()
+        if cls_real is not None:
+            d_loss = d_loss + self.ac_weight * F.cross_entropy(cls_real, label)
+        opt_d.zero_grad()
+        self.manual_backward(d_loss)
+        opt_d.step()
+        self.untoggle_optimizer(opt_d)
+
+        # generator (and context): fool D, plus the auxiliary class losses
+        self.toggle_optimizer(opt_g)
+        fake = self.generator(z, cond)
+        s_fake, cls_fake = self.discriminator(fake, cond.detach())
+        g_loss = self._adv(s_fake, True) if self.loss == "bce" else -s_fake.mean()
+        logs = {"train/d_loss": d_loss.detach(), "train/g_loss": g_loss.detach()}
+        if self.ms_weight > 0 and b > 1:
+            g_loss = g_loss + self.ms_weight * self._mode_seeking(fake, z, cond)
+        if cls_fake is not None:
+            g_loss = g_loss + self.ac_weight * F.cross_entropy(cls_fake, label)
+        if self.aux_head is not None:
+            aux_logits = self.aux_head(ctx)
+            g_loss = g_loss + self.aux_weight * F.cross_entropy(aux_logits, label)
+            logs["train/cond_acc"] = (aux_logits.argmax(1) == label).float().mean()
+        opt_g.zero_grad()
+        self.manual_backward(g_loss)
+        opt_g.step()
+        self.untoggle_optimizer(opt_g)
+        self._update_ema()
+        self.log_dict(logs, prog_bar=True, batch_size=b)
+        step = self.global_step // 2  # two optimizer steps per batch
+        if self.sample_every_n_steps and step % self.sample_every_n_steps == 0:
+            self.save_sample_grid(step)
+
+    def _mode_seeking(self, fake: Tensor, z: Tensor, cond: Tensor) -> Tensor:
+        """Mode-seeking term (Mao et al., 2019): for half the batch, a second image from new
+        noise; the loss grows as the images' distance per unit of noise distance shrinks."""
+        h = fake.shape[0] // 2
+        z2 = torch.randn_like(z[:h])
+        other = self.generator(z2, cond[:h])  # (h, c, s, s)
+        ratio = (fake[:h] - other).abs().mean() / (z[:h] - z2).abs().mean()
+        return 1 / (ratio + 1e-5)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema_decay <= 0:
+            return
+        step = self.global_step // 2
+        decay = min(self.ema_decay, (1 + step) / (10 + step))  # average less early on
+        for p_ema, p in zip(
+            self.generator_ema.parameters(), self.generator.parameters(), strict=True
+        ):
+            p_ema.lerp_(p, 1 - decay)
+        for b_ema, b in zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True):
+            b_ema.copy_(b)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.skipped_samples += len(batch["errors"])
+        if not batch["ids"] or self.aux_head is None:
+            return
+        ctx = self.context({m: batch["inputs"][m] for m in self.context.encoders})
+        acc = (self.aux_head(ctx).argmax(1) == batch["label"]).float().mean()
+        self.log("val/cond_acc", acc, prog_bar=True, batch_size=len(batch["ids"]))
+
+    def on_train_end(self) -> None:
+        if self.missing_target:
+            log.warning(
+                "%d training samples had no %s to learn from and were skipped",
+                len(self.missing_target),
+                self.target,
+            )
+
+    def configure_optimizers(self) -> Any:
+        lr_g, lr_d, lr_ctx = self.lrs
+        heads = [*self.cond.parameters(), *(self.aux_head.parameters() if self.aux_head else [])]
+        opt_g = torch.optim.Adam(
+            [
+                {"params": self.generator.parameters()},
+                {"params": [*self.context.parameters(), *heads], "lr": lr_ctx},
+            ],
+            lr=lr_g,
+            betas=self.betas,
+        )
+        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr_d, betas=self.betas)
+        return [opt_g, opt_d]
+
+    # -- progress pictures -------------------------------------------------------------
+    def _fixed_conditions(self) -> dict[str, Any] | None:
+        """One validation sample per class (the first of each), kept for every grid."""
+        dm = getattr(self.trainer, "datamodule", None)
+        try:
+            dataset = dm.dataset("val")
+        except (AttributeError, ValueError):  # not a MultimodalDataModule, or no val split
+            return None
+        first: dict[int, int] = {}
+        for i, sample in enumerate(dataset.samples):
+            if sample.label is not None:
+                first.setdefault(dataset.labels.encode(sample.label), i)
+        if not first:
+            return None
+        batch = Collate(dataset.handlers, dataset.pre, None)(
+            [dataset[first[k]] for k in sorted(first)]
+        )
+        if batch["errors"]:
+            log.warning("sample grid: %s", "; ".join(batch["errors"]))
+        labels = [self.class_names[int(k)] for k in batch["label"]]
+        return {"inputs": {m: batch["inputs"][m] for m in self.context.encoders}, "labels": labels}
+
+    def save_sample_grid(self, step: int) -> None:
+        """Write ``samples/step_XXXXXX.png`` under the run's log folder (and log it)."""
+        if self.trainer.global_rank != 0:
+            return
+        if self._grid_batch is None:
+            self._grid_batch = self._fixed_conditions()
+            if self._grid_batch is None:
+                return
+        inputs = move_data_to_device(self._grid_batch["inputs"], self.device)
+        sheet = contact_sheet(
+            self.sample(inputs, self.grid_samples, seed=0), self._grid_batch["labels"]
+        )
+        folder = self.trainer.log_dir or self.trainer.default_root_dir
+        path = write_png(f"{folder}/samples/step_{step:06d}.png", sheet)
+        logger = self.logger
+        experiment = getattr(logger, "experiment", None)
+        if hasattr(experiment, "add_image"):  # TensorBoard
+            experiment.add_image("samples", sheet, step, dataformats="HWC")
+        elif hasattr(logger, "log_image"):  # Weights & Biases, Neptune, ...
+            logger.log_image(key="samples", images=[str(path)], step=step)
+
+
+def _rows(batch: dict[str, Any], rows: Tensor) -> dict[str, Any]:
+    """The given rows of one modality's collated batch (tensors, lists and scalars)."""
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, Tensor) and value.dim() > 0:
+            out[key] = value[rows.to(value.device)]
+        elif isinstance(value, list):
+            out[key] = [value[i] for i in rows.tolist()]
+        else:
+            out[key] = value
+    return out

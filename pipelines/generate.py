@@ -1,0 +1,446 @@
+"""``mmctx generate`` (images from conditions) and ``mmctx gan-eval`` (how good they are).
+
+``generate`` draws K images per condition with a trained :class:`MultimodalGAN` and writes
+one PNG per image plus a contact sheet. ``gan-eval`` measures, without any downloaded
+network, the conditional accuracy (the share of generated images that an image-only
+classifier trained on real images assigns to the intended class) and the diversity (mean
+pairwise RMS pixel distance of images of one condition, against real images of one class).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.fabric.utilities import move_data_to_device
+from torch import Tensor
+from tqdm import tqdm
+
+from mmctx.checkpoints import CheckpointError, data_settings, load_module
+from mmctx.data import Collate, ManifestDataset, Preprocess, SampleError
+from mmctx.manifest import LabelSpace, Sample, parse_row
+
+from .gan import MultimodalGAN, _rows
+from .gan_images import contact_sheet, write_png
+from .inference import preprocess_from, row_from_arguments, rows_from_manifest
+
+log = logging.getLogger(__name__)
+
+
+def load_gan(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[MultimodalGAN, Preprocess]:
+    """The GAN of a ``mmctx fit`` checkpoint (eval mode) and the preprocessing it was trained with.
+
+    Raises:
+        CheckpointError: The file is unreadable, holds another kind of model, or lacks the
+            data settings.
+    """
+    model = load_module(path, map_location=device)
+    if not isinstance(model, MultimodalGAN):
+        raise CheckpointError(f"{path}: holds a {type(model).__name__}, not a MultimodalGAN")
+    settings = data_settings(path)
+    if "preprocess" not in settings:
+        raise CheckpointError(f"{path}: records no data settings (write it with `mmctx fit`)")
+    return model, preprocess_from(settings)
+
+
+def _batches(
+    samples: list[Sample],
+    modalities: Sequence[str],
+    pre: Preprocess,
+    labels: LabelSpace | None,
+    batch_size: int,
+) -> Iterator[tuple[dict[str, Any], list[str]]]:
+    """Collated batches of decodable samples; failures are logged with their cause."""
+    dataset = ManifestDataset(samples, labels, tuple(modalities), pre)
+    collate = Collate(dataset.handlers, pre, None)
+    for start in range(0, len(dataset), batch_size):
+        loaded = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        errors = [str(x) for x in loaded if isinstance(x, SampleError)]
+        batch = collate(loaded)
+        if batch["ids"]:
+            yield batch, errors
+        elif errors:
+            yield {"ids": []}, errors
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:80] or "sample"
+
+
+GENERATE_HELP = """\
+Draw images with a trained conditional GAN (a checkpoint of `mmctx fit --config
+configs/gan_*.yaml`). The conditions are what the GAN was trained to listen to (for
+example a spoken digit and a sentence); give them in a JSON Lines manifest (one condition
+a line, paths relative to its folder) or as one condition on the command line.
+
+Writes OUT/<id>_<k>.png for each of the N images of each condition, and
+OUT/contact_sheet.png with one row per condition. The same --seed gives the same images.
+
+examples:
+  mmctx generate --ckpt runs/gan_demo/logs/version_0/checkpoints/last.ckpt \\
+      --text "please bring the seven cups" --audio seven.wav --out gen/ --n 8
+  mmctx generate --ckpt last.ckpt --manifest conditions.jsonl --out gen/
+"""
+
+
+def generate_main(argv: Sequence[str]) -> int:
+    """``mmctx generate``: see :data:`GENERATE_HELP`. Exit 0 (all ok), 1 (some failed), 2."""
+    parser = argparse.ArgumentParser(
+        prog="mmctx generate",
+        description=GENERATE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--ckpt", required=True, help="GAN checkpoint written by `mmctx fit`")
+    parser.add_argument("--manifest", help="JSON Lines file of conditions (one a line)")
+    parser.add_argument("--text", help="inline text of a single condition")
+    for key in ("audio", "image", "video"):
+        parser.add_argument(f"--{key}", action="append", help=f"{key} file (repeatable)")
+    parser.add_argument("--id", default="sample", help="name of a command-line condition")
+    parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--n", type=int, default=8, help="images per condition (default: 8)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    parser.add_argument("--batch-size", type=int, default=32, help="conditions per batch")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
+    args = parser.parse_args(argv)
+    single = [args.text, args.audio, args.image, args.video]
+    if args.manifest and any(v is not None for v in single):
+        parser.error("give --manifest or --text/--audio/..., not both")
+    if not args.manifest and all(v is None for v in single):
+        parser.error("no condition: give --manifest FILE or --text/--audio/--image/--video")
+    if args.n < 1:
+        parser.error(f"--n must be >= 1, got {args.n}")
+    try:
+        model, pre = load_gan(args.ckpt, args.device)
+        if args.manifest:
+            source = rows_from_manifest(args.manifest)
+            rows, base = list(source.rows), source.base
+        else:
+            row = row_from_arguments(args.text, args.image, args.audio, args.video, args.id)
+            rows, base = [(1, row)], Path.cwd()
+    except (FileNotFoundError, CheckpointError) as err:
+        print(f"mmctx generate: error: {err}", file=sys.stderr)
+        return 2
+    samples, errors = [], []
+    for line, row in rows:
+        try:
+            if isinstance(row, Exception):
+                raise row
+            samples.append(parse_row(row, line, base))
+        except ValueError as err:
+            errors.append(f"line {line}: {err}")
+    out = Path(args.out)
+    sheet_rows: list[Tensor] = []
+    names: list[str] = []
+    written = 0
+    bar = tqdm(total=len(samples), unit="condition", file=sys.stderr)
+    for batch, failed in _batches(
+        samples, list(model.context.encoders), pre, None, args.batch_size
+    ):
+        errors += failed
+        bar.update(len(batch["ids"]) + len(failed))
+        if not batch["ids"]:
+            continue
+        inputs = move_data_to_device(batch["inputs"], args.device)
+        images = model.sample(inputs, args.n, seed=args.seed + written).cpu()  # (b, n, c, s, s)
+        for sample_id, per in zip(batch["ids"], images, strict=True):
+            for k, image in enumerate(per):
+                write_png(out / f"{_safe(sample_id)}_{k:02d}.png", image)
+            sheet_rows.append(per)
+            names.append(sample_id[:12])
+        written += len(batch["ids"])
+    bar.close()
+    if sheet_rows:
+        sheet = write_png(out / "contact_sheet.png", contact_sheet(torch.stack(sheet_rows), names))
+        print(f"wrote {written * args.n} images of {written} conditions to {out}/ and {sheet}")
+    for err in errors:
+        print(f"  skipped {err}", file=sys.stderr)
+    print(f"mmctx generate: {written} conditions ok, {len(errors)} failed", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _pairwise(images: Tensor) -> Tensor:
+    """Mean pairwise RMS distance of ``(m, c, s, s)`` uint8 images, pixels scaled to [0, 1]."""
+    flat = images.flatten(1).float() / 255
+    if len(flat) < 2:
+        return torch.tensor(float("nan"))
+    dist = torch.cdist(flat, flat) / flat.shape[1] ** 0.5  # (m, m)
+    m = len(flat)
+    return dist.sum() / (m * (m - 1))
+
+
+def _classify(classifier: Any, images: Tensor, size: int, device: str) -> Tensor:
+    """Predicted class indices for ``(m, c, s, s)`` uint8 images (resized to ``size``)."""
+    if images.shape[-1] != size:
+        resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
+        images = resized.round().clamp(0, 255).to(torch.uint8)
+    pixels = images[:, None].to(device)  # (m, 1, c, s, s): one image per sample
+    mask = torch.ones(len(images), 1, dtype=torch.bool, device=device)
+    with torch.no_grad():
+        return classifier({"image": {"pixels": pixels, "mask": mask}}).argmax(-1).cpu()
+
+
+def evaluate_gan(
+    model: MultimodalGAN,
+    classifier: Any,
+    classifier_size: int,
+    batches: Iterator[tuple[dict[str, Any], list[str]]],
+    *,
+    n: int = 8,
+    seed: int = 0,
+    device: str = "cpu",
+    total: int | None = None,
+) -> dict[str, Any]:
+    """Conditional accuracy and diversity of a GAN over labelled conditions.
+
+    Args:
+        model: The GAN (eval mode).
+        classifier: An image-only classifier trained on real images (``MultimodalClassifier``).
+        classifier_size: The image side the classifier was trained on.
+        batches: Collated labelled batches holding the conditioning modalities and the image.
+        n: Images drawn per condition.
+        seed: Noise seed.
+        device: Where the models run.
+        total: Number of conditions, for the progress bar.
+
+    Returns:
+        The figures (see ``gan_eval_main``) and per-class accuracies, plus one row of
+        ``n`` generated images per class (``sheet``, ``(classes, n, c, s, s)`` uint8).
+    """
+    correct = counted = no_condition = real_correct = real_counted = ctx_correct = 0
+    per_class: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    cond_div: list[float] = []
+    fake_by_class: dict[int, list[Tensor]] = defaultdict(list)
+    real_by_class: dict[int, list[Tensor]] = defaultdict(list)
+    errors: list[str] = []
+    sheet: dict[int, Tensor] = {}
+    bar = tqdm(total=total, unit="condition", file=sys.stderr)
+    for batch, failed in batches:
+        errors += failed
+        bar.update(len(batch["ids"]) + len(failed))
+        if not batch["ids"]:
+            continue
+        labels = batch["label"]
+        image = batch["inputs"]["image"]
+        has_real = image["mask"][:, 0]
+        real_by = image["pixels"][:, 0]  # (b, c, s, s)
+        for label, real, ok in zip(labels.tolist(), real_by, has_real.tolist(), strict=True):
+            if ok:
+                real_by_class[label].append(real)
+        if has_real.any():
+            pred = _classify(classifier, real_by[has_real], classifier_size, device)
+            real_correct += int((pred == labels[has_real]).sum())
+            real_counted += int(has_real.sum())
+        conditioned = torch.stack([batch["present"][m] for m in model.context.encoders]).any(0)
+        no_condition += int((~conditioned).sum())
+        if not conditioned.any():
+            continue
+        keep = conditioned.nonzero().flatten()
+        inputs = {m: _rows(batch["inputs"][m], keep) for m in model.context.encoders}
+        inputs = move_data_to_device(inputs, device)
+        labels = labels[keep]
+        fake = model.sample(inputs, n, seed=seed + counted).cpu()  # (b, n, c, s, s)
+        pred = _classify(classifier, fake.flatten(0, 1), classifier_size, device).view(-1, n)
+        hits = pred == labels[:, None]
+        correct += int(hits.sum())
+        counted += len(keep)
+        if model.aux_head is not None:
+            with torch.no_grad():
+                ctx = model.aux_head(model.condition(inputs)[0]).argmax(-1).cpu()
+            ctx_correct += int((ctx == labels).sum())
+        for label, images, row_hits in zip(labels.tolist(), fake, hits, strict=True):
+            per_class[label][0] += int(row_hits.sum())
+            per_class[label][1] += n
+            cond_div.append(float(_pairwise(images)))
+            fake_by_class[label].append(images)
+            sheet.setdefault(label, images)
+    bar.close()
+    if not counted:
+        raise ValueError("no condition to evaluate: no sample carries a conditioning modality")
+    gen = torch.Generator().manual_seed(seed)
+
+    def class_div(by_class: dict[int, list[Tensor]], cap: int = 200) -> float:
+        values = []
+        for images in by_class.values():
+            stack = torch.cat([x.reshape(-1, *x.shape[-3:]) for x in images])
+            if len(stack) > 1:  # a class with one image has no pair
+                stack = stack[torch.randperm(len(stack), generator=gen)[:cap]]
+                values.append(float(_pairwise(stack)))
+        return sum(values) / len(values) if values else float("nan")
+
+    real_div = class_div(real_by_class)
+    cond = sum(cond_div) / len(cond_div)
+    names = model.class_names
+    return {
+        "conditions": counted,
+        "images": counted * n,
+        "conditional_accuracy": correct / (counted * n),
+        "per_class_accuracy": {names[k]: c / t for k, (c, t) in sorted(per_class.items())},
+        "context_accuracy": ctx_correct / counted if model.aux_head is not None else None,
+        "classifier_accuracy_real": real_correct / real_counted if real_counted else None,
+        "diversity_per_condition": cond,
+        "diversity_per_class_generated": class_div(fake_by_class),
+        "diversity_per_class_real": real_div,
+        "diversity_ratio": cond / real_div,
+        "conditions_without_any_conditioning_modality": no_condition,
+        "failed_samples": errors,
+        "sheet": torch.stack([sheet[k] for k in sorted(sheet)]),
+        "sheet_labels": [names[k] for k in sorted(sheet)],
+    }
+
+
+GAN_EVAL_HELP = """\
+Measure a trained conditional GAN without any downloaded network:
+
+  conditional accuracy  share of generated images that an image-only classifier, trained
+                        by this project on real images (configs/image_only_*.yaml), assigns
+                        to the intended class (the label of the condition they were drawn for)
+  diversity             mean pairwise RMS pixel distance (pixels in [0, 1]) of the N images
+                        of one condition, against the same figure for real images of one
+                        class; a ratio near 0 means collapse to one image per condition
+
+The conditions are the labelled samples of a split of the GAN's data (from the config the
+fit wrote beside its checkpoint, or --config) or of a --manifest. Samples that carry none
+of the conditioning modalities are left out and counted. Also reported: the classifier's
+accuracy on the real images of those samples, and the GAN context's own accuracy (the
+share of conditions that say enough to name the class at all).
+
+example:
+  mmctx gan-eval --ckpt runs/gan_digits/logs/version_0/checkpoints/last.ckpt \\
+      --classifier runs/image_only_digits/logs/version_0/checkpoints/best-*.ckpt --out eval/
+"""
+
+
+def _find_config(ckpt: Path) -> Path | None:
+    """The ``config.yaml`` Lightning's CLI wrote in the run folder above ``checkpoints/``."""
+    for folder in (ckpt.parent, ckpt.parent.parent):
+        if (folder / "config.yaml").is_file():
+            return folder / "config.yaml"
+    return None
+
+
+def gan_eval_main(argv: Sequence[str]) -> int:
+    """``mmctx gan-eval``: see :data:`GAN_EVAL_HELP`. Exit 0, or 2 when it cannot run."""
+    parser = argparse.ArgumentParser(
+        prog="mmctx gan-eval",
+        description=GAN_EVAL_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--ckpt", required=True, help="GAN checkpoint written by `mmctx fit`")
+    parser.add_argument("--classifier", required=True, help="image-only classifier checkpoint")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config", action="append", help="the GAN's YAML config(s), for its data")
+    source.add_argument("--manifest", help="labelled JSON Lines manifest of conditions")
+    parser.add_argument("--split", default="test", choices=["val", "test"], help="default: test")
+    parser.add_argument("--n", type=int, default=8, help="images per condition (default: 8)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    parser.add_argument("--batch-size", type=int, default=64, help="conditions per batch")
+    parser.add_argument("--out", help="folder for gan_eval.json and contact_sheet.png")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
+    args, overrides = parser.parse_known_args(argv)
+    if args.n < 2:
+        parser.error(f"--n must be >= 2 (diversity needs pairs), got {args.n}")
+    try:
+        model, pre = load_gan(args.ckpt, args.device)
+        classifier = load_module(args.classifier, map_location=args.device)
+        clf_pre = preprocess_from(data_settings(args.classifier))
+        if list(getattr(classifier, "encoders", {})) != ["image"]:
+            raise CheckpointError(f"{args.classifier}: not an image-only classifier")
+        if clf_pre.image_channels != model.image_channels:
+            raise CheckpointError(
+                f"{args.classifier}: classifies {clf_pre.image_channels}-channel images, the "
+                f"GAN draws {model.image_channels}-channel ones"
+            )
+        batches, total = _eval_batches(args, overrides, model, pre)
+    except (FileNotFoundError, CheckpointError, ValueError) as err:
+        print(f"mmctx gan-eval: error: {err}", file=sys.stderr)
+        return 2
+    result = evaluate_gan(
+        model, classifier, clf_pre.image_size, batches, n=args.n, seed=args.seed,
+        device=args.device, total=total,
+    )  # fmt: skip
+    sheet, labels = result.pop("sheet"), result.pop("sheet_labels")
+    result.update(gan=str(args.ckpt), classifier=str(args.classifier), n=args.n, seed=args.seed)
+    print(format_result(result))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "gan_eval.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+        write_png(out / "contact_sheet.png", contact_sheet(sheet, labels))
+        print(f"wrote {out / 'gan_eval.json'} and {out / 'contact_sheet.png'}")
+    return 0
+
+
+def _eval_batches(
+    args: argparse.Namespace, overrides: list[str], model: MultimodalGAN, pre: Preprocess
+) -> tuple[Iterator[tuple[dict[str, Any], list[str]]], int]:
+    """Labelled batches of the chosen conditions, with the conditioning modalities and image."""
+    modalities = [*model.context.encoders, "image"]
+    labels = LabelSpace(model.class_names)
+    if args.manifest:
+        source = rows_from_manifest(args.manifest)
+        samples = []
+        for line, row in source.rows:
+            if isinstance(row, Exception):
+                raise ValueError(str(row))
+            samples.append(parse_row(row, line, source.base))
+    else:
+        configs = args.config or [_find_config(Path(args.ckpt))]
+        if configs[0] is None:
+            raise ValueError(
+                f"no config.yaml beside {args.ckpt}: give --config (the GAN's YAML) or --manifest"
+            )
+        from mmctx.cli import lightning_cli
+
+        argv = [a for c in configs for a in ("--config", str(c))] + overrides
+        cli = lightning_cli(argv, run=False, save_config_callback=None)
+        samples = cli.datamodule.dataset(args.split).samples
+    unlabelled = [s.id for s in samples if s.label is None]
+    if unlabelled:
+        raise ValueError(
+            f"conditions need labels; {len(unlabelled)} have none (first: {unlabelled[0]})"
+        )
+    return _batches(samples, modalities, pre, labels, args.batch_size), len(samples)
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """The figures of :func:`evaluate_gan` as a few readable lines."""
+    lines = [
+        f"conditional accuracy: {result['conditional_accuracy']:.3f} "
+        f"({result['images']} images of {result['conditions']} conditions)",
+        f"diversity per condition: {result['diversity_per_condition']:.4f}  "
+        f"real images per class: {result['diversity_per_class_real']:.4f}  "
+        f"ratio: {result['diversity_ratio']:.2f}",
+        f"diversity per class, generated: {result['diversity_per_class_generated']:.4f}",
+    ]
+    if result["classifier_accuracy_real"] is not None:
+        lines.append(
+            f"classifier accuracy on the real images: {result['classifier_accuracy_real']:.3f}"
+        )
+    if result["context_accuracy"] is not None:
+        lines.append(
+            f"context accuracy (the condition names the class): {result['context_accuracy']:.3f}"
+        )
+    lines.append(
+        "per class: " + ", ".join(f"{k}={v:.2f}" for k, v in result["per_class_accuracy"].items())
+    )
+    if result["conditions_without_any_conditioning_modality"]:
+        lines.append(
+            f"left out: {result['conditions_without_any_conditioning_modality']} samples "
+            "without any conditioning modality"
+        )
+    if result["failed_samples"]:
+        lines.append(
+            f"failed to decode: {len(result['failed_samples'])} (first: {result['failed_samples'][0]})"
+        )
+    return "\n".join(lines)

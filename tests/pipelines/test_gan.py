@@ -1,0 +1,287 @@
+"""MultimodalGAN: shapes, gradients, one manual step, seeded sampling, and the CLI tools."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import cv2
+import lightning as L
+import pytest
+import torch
+
+from mmctx.backbones import TransformerBackbone
+from mmctx.encoders import AudioRNNEncoder, ImageCNNEncoder, TextTransformerEncoder
+from mmctx.pipelines import Discriminator, Generator, MultimodalGAN
+from mmctx.pipelines.gan_images import contact_sheet
+from mmctx.pipelines.generate import _pairwise
+
+
+def _gan(**kwargs) -> MultimodalGAN:
+    encoders = {
+        "text": TextTransformerEncoder(dim=16, depth=1, heads=2, vocab_size=128),
+        "audio": AudioRNNEncoder(sample_rate=8000, n_mels=16, hidden_dim=8, num_layers=1),
+    }
+    args = {"image_size": 16, "z_dim": 8, "cond_dim": 8, "g_width": 4, "d_width": 4}
+    args.update(kwargs)
+    return MultimodalGAN(
+        encoders, TransformerBackbone(dim=16, depth=1, heads=2), list("abc"), **args
+    )
+
+
+def _batch(b: int = 4, size: int = 16) -> dict:
+    has_image = torch.tensor([True, True, True, False])[:b]
+    return {
+        "ids": list("wxyz")[:b],
+        "lines": list(range(b)),
+        "errors": [],
+        "inputs": {
+            "text": {
+                "text": ["an a", "a b", "the c", "a a"][:b],
+                "present": torch.ones(b, dtype=torch.bool),
+            },
+            "audio": {
+                "waveform": torch.randn(b, 1600) * 0.1,
+                "lengths": torch.full((b,), 1600),
+                "sample_rate": 8000,
+            },
+            "image": {
+                "pixels": torch.randint(0, 256, (b, 1, 1, size, size), dtype=torch.uint8),
+                "mask": has_image[:, None],
+            },
+        },
+        "present": {"text": torch.ones(b, dtype=torch.bool)},
+        "label": torch.tensor([0, 1, 2, 0])[:b],
+    }
+
+
+@pytest.mark.parametrize("size", [8, 16, 28, 32])
+def test_generator_and_discriminator_shapes_and_gradients(size):
+    g = Generator(z_dim=8, cond_dim=6, image_size=size, channels=3, width=4)
+    d = Discriminator(cond_dim=6, image_size=size, channels=3, width=4, num_classes=5)
+    z, cond = torch.randn(3, 8), torch.randn(3, 6, requires_grad=True)
+    x = g(z, cond)
+    assert x.shape == (3, 3, size, size)
+    assert x.abs().max() <= 1
+    score, logits = d(x, cond)
+    assert score.shape == (3,) and logits.shape == (3, 5)
+    (score.sum() + logits.sum()).backward()
+    for name, p in [*g.named_parameters(), *d.named_parameters()]:
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert cond.grad.abs().sum() > 0  # the condition reaches both networks
+
+
+@pytest.mark.parametrize("size", [4, 9, 36, 300])
+def test_unsupported_image_size_is_refused(size):
+    with pytest.raises(ValueError, match="image_size"):
+        Generator(8, 8, size, 1)
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="must not condition"):
+        MultimodalGAN(
+            {"image": ImageCNNEncoder(out_dim=8, in_channels=1, width=4)},
+            TransformerBackbone(dim=16, depth=1, heads=2),
+            list("ab"),
+        )
+    with pytest.raises(ValueError, match="loss must be one of"):
+        _gan(loss="wasserstein")
+    with pytest.raises(ValueError, match="multilabel"):
+        _gan(multilabel=True)
+
+
+class _OneBatch(L.LightningDataModule):
+    def __init__(self, batch: dict) -> None:
+        super().__init__()
+        self.batch = batch
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader([self.batch], batch_size=None)
+
+
+@pytest.mark.parametrize("loss", ["bce", "hinge"])
+def test_one_manual_step_updates_generator_discriminator_and_context(loss):
+    model = _gan(loss=loss, r1_gamma=1.0, ac_weight=1.0, ms_weight=1.0, sample_every_n_steps=0)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    trainer = L.Trainer(
+        max_steps=2,  # one D step and one G step
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=_OneBatch(_batch()))
+    after = model.state_dict()
+
+    def changed(prefix: str) -> bool:
+        return any(not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix))
+
+    for part in ("generator.", "discriminator.", "context.", "aux_head.", "generator_ema."):
+        assert changed(part), part
+    assert model.missing_target == {"z"}  # the sample without an image was skipped, counted
+
+
+def test_sampling_is_deterministic_under_a_seed():
+    model = _gan()
+    inputs = {m: _batch()["inputs"][m] for m in ("text", "audio")}
+    a = model.sample(inputs, n=3, seed=1)
+    b = model.sample(inputs, n=3, seed=1)
+    c = model.sample(inputs, n=3, seed=2)
+    assert a.shape == (4, 3, 1, 16, 16) and a.dtype == torch.uint8
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_wrong_image_size_names_both_settings():
+    model = _gan(image_size=32)
+    with pytest.raises(ValueError, match="image_size"):
+        model._targets(_batch(size=16))
+
+
+def test_pairwise_distance_and_contact_sheet():
+    black, white = (
+        torch.zeros(1, 4, 4, dtype=torch.uint8),
+        torch.full((1, 4, 4), 255, dtype=torch.uint8),
+    )
+    assert float(_pairwise(torch.stack([black, white]))) == pytest.approx(1.0)
+    assert float(_pairwise(torch.stack([black, black, black]))) == 0.0
+    sheet = contact_sheet(torch.stack([torch.stack([black, white])] * 3), ["a", "b", "c"], cell=8)
+    assert sheet.shape[0] == 3 * 8 + 4 * 2 and sheet.shape[2] == 1
+
+
+# -- through the CLI -------------------------------------------------------------------------
+
+TINY = """\
+seed_everything: 0
+model:
+  class_path: MultimodalGAN
+  init_args:
+    encoders:
+      text: {{class_path: TextTransformerEncoder, init_args: {{dim: 16, depth: 1, heads: 2, max_tokens: 32}}}}
+    backbone: {{class_path: TransformerBackbone, init_args: {{dim: 16, depth: 1, heads: 2}}}}
+    image_size: 16
+    image_channels: 1
+    z_dim: 8
+    g_width: 4
+    d_width: 4
+    ac_weight: 1.0
+    sample_every_n_steps: 2
+data:
+  class_path: MultimodalDataModule
+  init_args:
+    train_manifest: {data}/train.jsonl
+    val_manifest: {data}/val.jsonl
+    test_manifest: {data}/test.jsonl
+    batch_size: 16
+    image_size: 16
+    image_channels: 1
+    modalities: [text, image]
+trainer:
+  max_steps: 12  # two optimizer steps a batch: 6 batches
+  limit_val_batches: 1
+  enable_progress_bar: false
+  default_root_dir: {root}
+  logger: {{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {{save_dir: {root}, name: logs}}}}
+  callbacks:
+    - {{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {{save_last: true, save_top_k: 0}}}}
+"""
+
+
+@pytest.fixture(scope="module")
+def fitted(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A GAN and an image-only judge, each fitted for a few steps through ``mmctx fit``."""
+    from mmctx.cli import main
+
+    root = tmp_path_factory.mktemp("gan")
+    config = root / "gan.yaml"
+    config.write_text(TINY.format(data=demo_dir, root=root / "gan"))
+    argv = sys.argv
+    sys.argv = ["mmctx"]
+    try:
+        assert main(["fit", "--config", str(config)]) == 0
+        judge = [
+            "fit", "--config", str(config),
+            "--model", "MultimodalClassifier",
+            "--model.init_args.encoders", '{"image": {"class_path": "ImageCNNEncoder", '
+            '"init_args": {"out_dim": 8, "in_channels": 1, "width": 4}}}',
+            "--model.init_args.backbone", '{"class_path": "TransformerBackbone", '
+            '"init_args": {"dim": 16, "depth": 1, "heads": 2}}',
+            "--data.init_args.modalities", "[image]",
+            "--trainer.default_root_dir", str(root / "judge"),
+            "--trainer.logger.init_args.save_dir", str(root / "judge"),
+        ]  # fmt: skip
+        assert main(judge) == 0
+    finally:
+        sys.argv = argv
+    return {
+        "gan": next((root / "gan").rglob("last.ckpt")),
+        "judge": next((root / "judge").rglob("last.ckpt")),
+        "config": config,
+        "root": root,
+    }
+
+
+@pytest.mark.slow
+def test_fit_through_the_cli_saves_sample_grids(fitted):
+    grids = sorted((fitted["root"] / "gan").rglob("samples/step_*.png"))
+    assert [g.name for g in grids] == ["step_000002.png", "step_000004.png", "step_000006.png"]
+    assert cv2.imread(str(grids[0]), cv2.IMREAD_UNCHANGED).ndim == 2  # a grayscale picture
+
+
+@pytest.mark.slow
+def test_generate_writes_one_png_per_sample_and_a_contact_sheet(fitted, demo_dir, tmp_path):
+    from mmctx.pipelines.generate import generate_main
+
+    out = tmp_path / "gen"
+    code = generate_main(
+        ["--ckpt", str(fitted["gan"]), "--text", "bring the seven cups", "--id", "seven",
+         "--out", str(out), "--n", "3", "--seed", "5"]
+    )  # fmt: skip
+    assert code == 0
+    files = sorted(p.name for p in out.glob("seven_*.png"))
+    assert files == ["seven_00.png", "seven_01.png", "seven_02.png"]
+    image = cv2.imread(str(out / "seven_00.png"), cv2.IMREAD_UNCHANGED)
+    assert image.shape == (16, 16) and image.dtype.name == "uint8"
+    assert (out / "contact_sheet.png").is_file()
+    again = tmp_path / "again"
+    generate_main(["--ckpt", str(fitted["gan"]), "--text", "bring the seven cups", "--id", "seven",
+                   "--out", str(again), "--n", "3", "--seed", "5"])  # fmt: skip
+    assert (out / "seven_01.png").read_bytes() == (again / "seven_01.png").read_bytes()
+    # a manifest of conditions, one of them broken: the rest are drawn, the failure reported
+    manifest = tmp_path / "conds.jsonl"
+    manifest.write_text('{"id": "a", "text": "one"}\n{"id": "b", "text_path": "missing.txt"}\n')
+    assert generate_main(["--ckpt", str(fitted["gan"]), "--manifest", str(manifest),
+                          "--out", str(tmp_path / "m"), "--n", "2"]) == 1  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "m").glob("a_*.png")) == ["a_00.png", "a_01.png"]
+
+
+@pytest.mark.slow
+def test_gan_eval_prints_accuracy_and_diversity(fitted, tmp_path, capsys):
+    from mmctx.pipelines.generate import gan_eval_main
+
+    argv = sys.argv
+    sys.argv = ["mmctx"]
+    try:
+        code = gan_eval_main(
+            ["--ckpt", str(fitted["gan"]), "--classifier", str(fitted["judge"]),
+             "--config", str(fitted["config"]), "--n", "2", "--out", str(tmp_path)]
+        )  # fmt: skip
+    finally:
+        sys.argv = argv
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "conditional accuracy:" in out and "diversity per condition:" in out
+    import json
+
+    result = json.loads((tmp_path / "gan_eval.json").read_text())
+    assert 0 <= result["conditional_accuracy"] <= 1
+    assert result["diversity_per_class_real"] > 0
+    assert (tmp_path / "contact_sheet.png").is_file()
+
+
+def test_gan_eval_refuses_a_classifier_as_the_gan(tmp_path, capsys):
+    from mmctx.pipelines.generate import generate_main
+
+    missing = tmp_path / "none.ckpt"
+    assert generate_main(["--ckpt", str(missing), "--text", "x", "--out", str(tmp_path)]) == 2
+    assert "none.ckpt" in capsys.readouterr().err
