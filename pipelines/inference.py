@@ -112,13 +112,12 @@ def rows_from_folder(folder: str | os.PathLike[str]) -> InputRows:
         for position, row in enumerate(samples.values(), start=1):
             if "_unknown" in row:
                 names = ", ".join(row["_unknown"])
-                yield (
-                    position,
-                    ValueError(
-                        f"{folder / row['_unknown'][0]}: cannot tell which modality {names} is "
-                        f"(folder inputs use one text file per stem and these extensions: {known})"
-                    ),
+                error = ValueError(
+                    f"{folder / row['_unknown'][0]}: cannot tell which modality {names} is "
+                    f"(folder inputs use one text file per stem and these extensions: {known})"
                 )
+                error.sample_id = row["id"]  # the record keeps the stem as its id
+                yield position, error
             else:
                 row["text_path"] = row["text_path"][0] if "text_path" in row else None
                 yield position, {k: v for k, v in row.items() if v is not None}
@@ -262,6 +261,7 @@ class Predictor:
             records.append(record)
             try:
                 if isinstance(row, Exception):
+                    record["id"] = getattr(row, "sample_id", None)
                     raise row
                 if isinstance(row, dict) and "id" in row:
                     record["id"] = str(row["id"])

@@ -203,7 +203,7 @@ def test_folder_groups_files_by_stem(trained, media, capsys):
     }  # fmt: skip
     code, records, err = _infer(["--ckpt", str(trained["ckpt"]), "--folder", str(media)], capsys)
     assert code == 1 and [r["status"] for r in records] == ["error", "ok", "ok"]
-    assert "notes.csv" in records[0]["error"]
+    assert "notes.csv" in records[0]["error"] and records[0]["id"] == "notes"
     assert sorted(records[2]["modalities"]) == ["audio", "image", "text"]
     assert records[1]["modalities"] == ["image"]
     assert "ignored in the folder: .hidden, sub" in err
