@@ -195,8 +195,9 @@ def _check_wav_complete(path: str, size: int) -> None:
             if length not in (0, 0xFFFFFFFF) and pos + 8 + length > size:  # 0/-1: streamed
                 have = size - pos - 8
                 raise DecodeError(
-                    path, f"truncated WAV: the header declares {length:,} bytes of audio, "
-                    f"the file holds {have:,}"
+                    path,
+                    f"truncated WAV: the header declares {length:,} bytes of audio, "
+                    f"the file holds {have:,}",
                 )
             return
         pos += 8 + length + (length & 1)

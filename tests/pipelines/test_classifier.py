@@ -141,7 +141,8 @@ def test_share_frame_cnn_ties_video_frames_to_the_image_cnn():
     shared, separate = build(True), build(False)
     image_trunk = list(shared.encoders["image"].trunk.parameters())
     assert all(
-        a is b for a, b in zip(shared.encoders["video"].trunk.parameters(), image_trunk, strict=True)
+        a is b
+        for a, b in zip(shared.encoders["video"].trunk.parameters(), image_trunk, strict=True)
     )
     n = sum(p.numel() for p in shared.parameters())  # a shared tensor counts once
     assert n == sum(p.numel() for p in separate.parameters()) - sum(p.numel() for p in image_trunk)
