@@ -142,6 +142,7 @@ def export_main(argv: list[str]) -> int:
     import sys
 
     from mmctx.checkpoints import CheckpointError, data_settings, export_model, load_module
+    from mmctx.modalities import resolve_modalities
 
     from .inference import preprocess_from
 
@@ -162,7 +163,8 @@ def export_main(argv: list[str]) -> int:
         if args.torchscript:
             data = data_settings(args.ckpt)
             model = load_module(args.ckpt)
-            modalities = tuple(data.get("modalities") or model.encoders.keys())
+            specs = resolve_modalities(data.get("modalities") or list(model.encoders))
+            modalities = tuple(m.name for m in specs if m.name in model.encoders)
             path = Path(args.out) / TORCHSCRIPT_FILE
             names = export_torchscript(model, modalities, preprocess_from(data), path)
             meta = json.loads(paths["config"].read_text())

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import yaml
 from lightning.fabric.utilities import move_data_to_device
 from torch import Tensor
 from tqdm import tqdm
@@ -402,6 +403,10 @@ def _eval_batches(
             )
         from mmctx.cli import lightning_cli
 
+        if not args.config:  # the fit's config.yaml also records `fit` arguments (ckpt_path, ...)
+            saved = yaml.safe_load(configs[0].read_text(encoding="utf-8"))
+            keep = ("seed_everything", "trainer", "model", "data", "optimizer", "lr_scheduler")
+            configs = [yaml.safe_dump({k: v for k, v in saved.items() if k in keep})]
         argv = [a for c in configs for a in ("--config", str(c))] + overrides
         cli = lightning_cli(argv, run=False, save_config_callback=None)
         samples = cli.datamodule.dataset(args.split).samples

@@ -36,6 +36,7 @@ from mmctx.checkpoints import CheckpointError, data_settings, load_export, load_
 from mmctx.data import Collate, ManifestDataset, Preprocess, SampleError
 from mmctx.io import Limits
 from mmctx.manifest import iter_lines, known_modalities, parse_row
+from mmctx.modalities import resolve_modalities
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,10 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.class_names: list[str] = list(model.class_names)
         self.multilabel = bool(getattr(model, "multilabel", False))
-        self.modalities = tuple(data.get("modalities") or model.encoders.keys())
+        # Only what the model reads: a modality the data had but no encoder uses is not
+        # decoded, and is not listed among a record's modalities.
+        handlers = resolve_modalities(data.get("modalities") or list(model.encoders))
+        self.modalities = tuple(m for m in handlers if m.name in model.encoders)
         self.preprocess = preprocess_from(data)
         self._lock = threading.Lock()
         self._manifest_keys = [k for m in known_modalities(self.modalities) for k in m.keys]
@@ -289,6 +293,9 @@ class Predictor:
         for (record, _), item in zip(samples, items, strict=True):
             if isinstance(item, SampleError):
                 record["error"] = str(item)
+            elif not item["inputs"]:
+                uses = ", ".join(m.name for m in self.modalities)
+                record["error"] = f"{_where(record)}: nothing this model reads (it uses {uses})"
             else:
                 good.append((record, item))
         if good:
@@ -319,6 +326,10 @@ class Predictor:
             used = [m for m, flags in batch["present"].items() if bool(flags[row])]
             results.append({"status": "ok", "label": label, "top_k": ranked, "modalities": used})
         return results
+
+
+def _where(record: dict[str, Any]) -> str:
+    return f"sample {record['id']!r} (line {record['line']})"
 
 
 def _ordered(record: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,8 @@ def test_torchscript_export_matches_the_model(trained, tmp_path, capsys):
     names = json.loads((out / "config.json").read_text())["torchscript_inputs"]
     traced = torch.jit.load(str(out / "model.torchscript.pt"))
     predictor = Predictor.from_checkpoint(trained["ckpt"], device="cpu")
-    batch = example_inputs(predictor.modalities, predictor.preprocess, [5, 20, 2, 8], seed=7)
+    used = tuple(m.name for m in predictor.modalities)
+    batch = example_inputs(used, predictor.preprocess, [5, 20, 2, 8], seed=7)
     got_names, tensors = tensor_inputs(predictor.model, batch)
     assert got_names == names
     with torch.no_grad():

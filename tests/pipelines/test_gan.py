@@ -264,7 +264,7 @@ def test_gan_eval_prints_accuracy_and_diversity(fitted, tmp_path, capsys):
     try:
         code = gan_eval_main(
             ["--ckpt", str(fitted["gan"]), "--classifier", str(fitted["judge"]),
-             "--config", str(fitted["config"]), "--n", "2", "--out", str(tmp_path)]
+             "--n", "2", "--out", str(tmp_path)]  # no --config: the fit's config.yaml
         )  # fmt: skip
     finally:
         sys.argv = argv

@@ -221,6 +221,16 @@ def test_command_line_sample_and_python_api_agree(trained, predictor, media, cap
     assert records[0]["top_k"] == api["top_k"]
 
 
+def test_a_sample_with_nothing_the_model_reads_is_an_error(predictor, media):
+    """The demo model has no video encoder: video alone is not silently predicted from."""
+    assert [m.name for m in predictor.modalities] == ["text", "image", "audio"]
+    record = predictor.predict(video=str(media / "seven.png"))
+    assert record["status"] == "error"
+    assert "nothing this model reads (it uses text, image, audio)" in record["error"]
+    record = predictor.predict(text="seven", video=str(media / "seven.png"))
+    assert record["status"] == "ok" and record["modalities"] == ["text"]
+
+
 def test_concurrent_calls_give_the_sequential_answers(predictor, media):
     args = [
         {"text": "seven"},
