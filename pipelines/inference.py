@@ -19,6 +19,7 @@ of the model; memory holds a couple of batches whatever the number of samples.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -191,6 +192,12 @@ class Predictor:
         self.preprocess = preprocess_from(data)
         self._lock = threading.Lock()
         self._manifest_keys = [k for m in known_modalities(self.modalities) for k in m.keys]
+
+    def set_limits(self, **limits: Any) -> None:
+        """Change decode limits (``max_image_pixels``, ``max_audio_seconds``, ...; see
+        :class:`~mmctx.io.Limits`) from the ones the model was trained with."""
+        new = dataclasses.replace(self.preprocess.limits, **limits)
+        self.preprocess = dataclasses.replace(self.preprocess, limits=new)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], device: str | None = None) -> Predictor:
@@ -407,6 +414,16 @@ def infer_main(argv: list[str]) -> int:
         "--workers", type=int, default=2, help="decoding threads (default: %(default)s)"
     )
     parser.add_argument("--root", help="refuse paths that resolve outside this folder")
+    limits = parser.add_argument_group(
+        "limits", "default: the values the model was trained with (saved in the checkpoint)"
+    )
+    limits.add_argument("--max-image-pixels", type=int, help="larger images are refused")
+    limits.add_argument("--max-audio-seconds", type=float, help="longer audio is refused")
+    limits.add_argument(
+        "--crop-long-audio",
+        action=argparse.BooleanOptionalAction,
+        help="keep the first --max-audio-seconds of longer audio instead of refusing it",
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -428,7 +445,13 @@ def infer_main(argv: list[str]) -> int:
             if args.ckpt
             else Predictor.from_export(args.export, args.device)
         )
-    except (FileNotFoundError, CheckpointError) as err:
+        changed = {
+            "max_image_pixels": args.max_image_pixels,
+            "max_audio_seconds": args.max_audio_seconds,
+            "crop_long_audio": args.crop_long_audio,
+        }
+        predictor.set_limits(**{k: v for k, v in changed.items() if v is not None})
+    except (FileNotFoundError, CheckpointError, ValueError) as err:
         print(f"mmctx infer: error: {err}", file=sys.stderr)
         return 2
     logging.getLogger("mmctx.data").setLevel(logging.ERROR)  # errors go into the records

@@ -147,10 +147,7 @@ def test_bad_files_each_get_a_clear_error_and_the_rest_go_on(trained, media, no_
     cases = _bad_files(media)
     rows = [{"id": name, **row} for name, (row, _) in cases.items()]
     predictor = Predictor.from_checkpoint(trained["ckpt"], device="cpu")
-    predictor.preprocess = type(predictor.preprocess)(  # tighter limits for the test files
-        **{**predictor.preprocess.__dict__, "limits": type(predictor.preprocess.limits)(
-            max_image_pixels=1_000_000, max_audio_seconds=2.0)},
-    )  # fmt: skip
+    predictor.set_limits(max_image_pixels=1_000_000, max_audio_seconds=2.0)
     records = list(
         predictor.predict_rows(rows_from_manifest(write_manifest(media / "bad.jsonl", rows)))
     )
@@ -160,6 +157,17 @@ def test_bad_files_each_get_a_clear_error_and_the_rest_go_on(trained, media, no_
             assert record["status"] == "ok", record
         else:
             assert record["status"] == "error" and expected in record["error"], (name, record)
+
+
+def test_limits_from_the_command_line(trained, media, capsys):
+    sf.write(media / "long.wav", np.zeros(8000 * 3), 8000)
+    argv = ["--ckpt", str(trained["ckpt"]), "--audio", str(media / "long.wav")]
+    code, records, _ = _infer([*argv, "--max-audio-seconds", "2"], capsys)
+    assert code == 1 and "over max_audio_seconds=2" in records[0]["error"]
+    code, records, _ = _infer([*argv, "--max-audio-seconds", "2", "--crop-long-audio"], capsys)
+    assert code == 0 and records[0]["modalities"] == ["audio"]
+    code, records, err = _infer([*argv, "--max-audio-seconds", "-1"], capsys)
+    assert code == 2 and "max_audio_seconds must be a positive number" in err
 
 
 def test_paths_leaving_the_root_are_refused_before_opening(
