@@ -27,7 +27,7 @@ UNITS = {
     "text": "characters",
     "image": "pixels (w·h)",
     "audio": "seconds",
-    "video": "frames",
+    "video": "frames read (4 per second, at most 16)",
 }
 
 
