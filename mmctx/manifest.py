@@ -74,6 +74,25 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str | ManifestError]]:
                 yield number, text
 
 
+def iter_rows(path: Path) -> Iterator[tuple[int, Any | ManifestError]]:
+    """Yield ``(line_number, decoded JSON value)`` for each non-blank line, or a
+    :class:`ManifestError` (``"<path>:<line>: <cause>"``) for bad UTF-8 or bad JSON."""
+    for line, text in iter_lines(path):
+        if isinstance(text, ManifestError):
+            yield line, text
+            continue
+        try:
+            yield line, json.loads(text)
+        except json.JSONDecodeError as err:
+            yield line, ManifestError(f"{path}:{line}: not valid JSON ({err.msg})")
+
+
+def count_rows(path: Path) -> int:
+    """Non-blank lines of a manifest (one quick pass, for progress bars)."""
+    with open(path, "rb") as fh:
+        return sum(1 for raw in fh if raw.strip())
+
+
 _paths = manifest_paths  # the old private name
 
 
@@ -142,14 +161,10 @@ def read_manifest(
     handlers = known_modalities(modalities)
     samples: list[Sample] = []
     problems: list[str] = []
-    for line, text in iter_lines(path):
+    for line, row in iter_rows(path):
         try:
-            if isinstance(text, ManifestError):
-                raise text
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise ManifestError(f"{path}:{line}: not valid JSON ({err.msg})") from None
+            if isinstance(row, ManifestError):
+                raise row
             try:
                 samples.append(parse_row(row, line, path.parent, modalities=handlers))
             except ValueError as err:

@@ -20,7 +20,7 @@ from typing import Any
 import soundfile as sf
 
 from mmctx.io import DEFAULT_LIMITS, DecodeError, Limits, read_audio, read_image, read_text
-from mmctx.manifest import iter_lines, parse_row
+from mmctx.manifest import count_rows, iter_rows, parse_row
 
 # What is measured per modality, and in which unit.
 UNITS = {
@@ -130,16 +130,14 @@ def validate_manifest(
         raise FileNotFoundError(f"manifest not found: {path}")
     report = DataReport(str(path))
     first_line: dict[str, int] = {}
-    lines = list(iter_lines(path)) if progress else iter_lines(path)
-    for line, text in tqdm(lines, desc="validate", unit="row", disable=not progress):
+    total = count_rows(path) if progress else None
+    for line, row in tqdm(
+        iter_rows(path), total=total, desc="validate", unit="row", disable=not progress
+    ):
         report.rows += 1
         try:
-            if isinstance(text, Exception):
-                raise text
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"not valid JSON ({err.msg})") from None
+            if isinstance(row, Exception):
+                raise row
             sample = parse_row(row, line, path.parent)
             sizes = _measure(sample, limits)
         except (ValueError, DecodeError) as err:

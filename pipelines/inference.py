@@ -36,7 +36,7 @@ from lightning.fabric.utilities import move_data_to_device
 from mmctx.checkpoints import CheckpointError, data_settings, load_export, load_module
 from mmctx.data import Collate, ManifestDataset, Preprocess, SampleError
 from mmctx.io import Limits
-from mmctx.manifest import iter_lines, known_modalities, parse_row
+from mmctx.manifest import count_rows, iter_rows, known_modalities, parse_row
 from mmctx.modalities import resolve_modalities
 
 log = logging.getLogger(__name__)
@@ -69,18 +69,7 @@ def rows_from_manifest(path: str | os.PathLike[str]) -> InputRows:
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
 
-    def rows() -> Iterator[Row]:
-        for line, text in iter_lines(path):
-            if isinstance(text, Exception):
-                yield line, text
-                continue
-            try:
-                yield line, json.loads(text)
-            except json.JSONDecodeError as err:
-                yield line, ValueError(f"{path}:{line}: not valid JSON ({err.msg})")
-
-    total = sum(1 for _ in iter_lines(path))
-    return InputRows(rows(), path.parent, total)
+    return InputRows(iter_rows(path), path.parent, count_rows(path))
 
 
 def rows_from_folder(folder: str | os.PathLike[str]) -> InputRows:
