@@ -52,7 +52,7 @@ implementations:
   flex_compiled      torch.compile(flex_attention) with a sliding-window block mask; time
                      excludes compilation (compile time is reported separately); there is no
                      CPU backward, so fwd+bwd is recorded as unsupported
-  mmctx              mmctx.attention.sliding_window_attention(q, k, v, window)
+  mmctx              mmctx.nn.attention.sliding_window_attention(q, k, v, window)
 
 columns: "extra MiB" is the subprocess's peak RSS minus its RSS right after q, k, v (and the
 output gradient) were allocated, so it includes masks, modules, compile state and the output.
@@ -178,7 +178,7 @@ def build_flex(q, k, v, w):
 
 
 def build_mmctx(q, k, v, w):
-    from mmctx.attention import sliding_window_attention
+    from mmctx.nn.attention import sliding_window_attention
 
     return lambda: sliding_window_attention(q, k, v, w), ""
 

@@ -1,4 +1,4 @@
-"""GPU check of mmctx.attention: exactness of the CUDA path and its speed against the others.
+"""GPU check of mmctx.nn.attention: exactness of the CUDA path and its speed against the others.
 
 On a CUDA machine, compares (b=1, h=8, e=64, window=256) forward and forward+backward time
 and peak GPU memory of: flex_attention (what ``sliding_window_attention`` uses on CUDA),
@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from mmctx import attention as A
+from mmctx.nn import attention as A
 
 DEV = "cuda"
 

@@ -2,7 +2,7 @@
 
 Fits the base config as it is, then with the augmentation overlay stacked on it
 (``configs/demo_augment.yaml``: modality dropout plus per-modality augmentation), and runs
-the robustness report (:mod:`mmctx.robustness`) on each best checkpoint. Prints a Markdown
+the robustness report (:mod:`mmctx.pipelines.robustness`) on each best checkpoint. Prints a Markdown
 table, writes JSON, and keeps each model's robustness.{json,csv,png} under ``--out``.
 
     python benchmarks/modality_dropout_table.py --out benchmarks/results/demo_dropout
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from mmctx.cli import lightning_cli
-from mmctx.robustness import robustness_report, write_report
+from mmctx.pipelines.robustness import robustness_report, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -97,9 +97,10 @@ def build_module(config: dict[str, Any], source: Path | str = "config") -> nn.Mo
     """Instantiate a module from its saved config (``_class_path`` plus init arguments)."""
     from jsonargparse import ArgumentParser
 
-    # The components' classes must be importable for their class paths to resolve.
-    import mmctx.backbones  # noqa: F401
     import mmctx.encoders  # noqa: F401
+
+    # The components' classes must be importable for their class paths to resolve.
+    import mmctx.nn.backbones  # noqa: F401
     import mmctx.pipelines  # noqa: F401
 
     parser = ArgumentParser(exit_on_error=False)

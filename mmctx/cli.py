@@ -8,7 +8,7 @@ checks one; ``mmctx infer`` and ``mmctx export`` run and ship a trained classifi
 ``mmctx generate`` and ``mmctx gan-eval`` a trained GAN; ``mmctx augment-preview`` and
 ``mmctx robustness`` show what augmentation does and how a trained model copes with
 missing or degraded modalities. Installed plugins (entry-point groups ``mmctx.encoders``
-and ``mmctx.modalities``) are loaded first, so their classes have short names.
+and ``mmctx.data.modalities``) are loaded first, so their classes have short names.
 """
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-# Imported so that short class names in configs resolve.
-import mmctx.backbones  # noqa: F401
-import mmctx.datamodule  # noqa: F401
+import mmctx.data.datamodule  # noqa: F401
+import mmctx.datasets.modules  # noqa: F401
 import mmctx.encoders  # noqa: F401
+
+# Imported so that short class names in configs resolve.
+import mmctx.nn.backbones  # noqa: F401
 import mmctx.pipelines  # noqa: F401
-from mmctx.modalities import ENTRY_POINT_GROUPS, load_entry_points
+from mmctx.data.modalities import ENTRY_POINT_GROUPS, load_entry_points
 from mmctx.pipelines import JsonlPredictionWriter
 
 OVERVIEW = """\
@@ -70,7 +72,7 @@ configs can be stacked (--config a.yaml --config b.yaml), and
 
 
 def _demo_data(argv: Sequence[str]) -> int:
-    from mmctx.demo_data import DemoSpec, make_demo_dataset
+    from mmctx.datasets.demo import DemoSpec, make_demo_dataset
 
     parser = argparse.ArgumentParser(
         prog="mmctx demo-data",
@@ -97,7 +99,7 @@ def _demo_data(argv: Sequence[str]) -> int:
 
 
 def _digits_data(argv: Sequence[str]) -> int:
-    from mmctx.digits_data import main as digits_main
+    from mmctx.datasets.digits import main as digits_main
 
     return digits_main(argv)
 
@@ -121,7 +123,7 @@ def _from_config(configs: list[str], overrides: list[str]) -> MMCtxCLI:
 
 
 def _augment_preview(argv: Sequence[str]) -> int:
-    from mmctx.augment_preview import augment_preview
+    from mmctx.pipelines.augment_preview import augment_preview
 
     parser = _config_parser(
         "mmctx augment-preview",
@@ -142,7 +144,7 @@ def _augment_preview(argv: Sequence[str]) -> int:
 def _robustness(argv: Sequence[str]) -> int:
     import torch
 
-    from mmctx.robustness import DEFAULT_LEVELS, robustness_report, write_report
+    from mmctx.pipelines.robustness import DEFAULT_LEVELS, robustness_report, write_report
 
     parser = _config_parser(
         "mmctx robustness",
@@ -181,7 +183,7 @@ def _robustness(argv: Sequence[str]) -> int:
 
 
 def _validate_data(argv: Sequence[str]) -> int:
-    from mmctx.validate import main as validate_main
+    from mmctx.data.validate import main as validate_main
 
     return validate_main(argv)
 
@@ -242,7 +244,7 @@ class MMCtxCLI(LightningCLI):
 
 def load_plugins() -> None:
     """Import the encoders and modalities that installed packages declare in the entry-point
-    groups ``mmctx.encoders`` and ``mmctx.modalities``, so configs can name them shortly."""
+    groups ``mmctx.encoders`` and ``mmctx.data.modalities``, so configs can name them shortly."""
     for group in ENTRY_POINT_GROUPS:
         load_entry_points(group)
 

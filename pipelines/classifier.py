@@ -13,11 +13,11 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import Accuracy, F1Score
 
-from mmctx.backbones import FusionBackbone
 from mmctx.checkpoints import save_config
 from mmctx.encoders import ModalityEncoder
 from mmctx.features import FeatureSequence
-from mmctx.fusion import MultimodalFusion, masked_max, masked_mean
+from mmctx.nn.backbones import FusionBackbone
+from mmctx.nn.fusion import MultimodalFusion, masked_max, masked_mean
 
 POOLS = ("mean", "max", "summary", "attention")
 

@@ -142,7 +142,7 @@ def export_main(argv: list[str]) -> int:
     import sys
 
     from mmctx.checkpoints import CheckpointError, data_settings, export_model, load_module
-    from mmctx.modalities import resolve_modalities
+    from mmctx.data.modalities import resolve_modalities
 
     from .inference import preprocess_from
 

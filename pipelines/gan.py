@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor, nn
-from torch.nn.utils.parametrizations import spectral_norm
 
-from mmctx.backbones import FusionBackbone
 from mmctx.checkpoints import save_config
 from mmctx.data import Collate
 from mmctx.encoders import ModalityEncoder
-from mmctx.fusion import MultimodalFusion, masked_max, masked_mean
+from mmctx.nn.backbones import FusionBackbone
+from mmctx.nn.fusion import MultimodalFusion, masked_max, masked_mean
+from mmctx.nn.gan import Discriminator, Generator
 
 from .gan_images import contact_sheet, to_uint8, write_png
 
@@ -33,25 +33,6 @@ log = logging.getLogger(__name__)
 
 LOSSES = ("bce", "hinge")
 POOLS = ("mean", "max", "summary")
-
-
-def _levels(size: int) -> tuple[int, int]:
-    """``(upsamplings, base side)`` with ``base * 2**upsamplings == size`` and base in 4..7."""
-    if not 8 <= size <= 256:
-        raise ValueError(f"image_size must be in [8, 256], got {size}")
-    levels = 0
-    while size % 2 ** (levels + 1) == 0 and size // 2 ** (levels + 1) >= 4:
-        levels += 1
-    if size // 2**levels > 7:
-        raise ValueError(
-            f"image_size must be 4..7 times a power of two (8, 28, 32, 64), got {size}"
-        )
-    return levels, size // 2**levels
-
-
-def _channels(width: int, levels: int) -> list[int]:
-    """Channels from the coarsest level (index 0) to the finest (index ``levels``)."""
-    return [width * 2 ** min(3, levels - i) for i in range(levels + 1)]
 
 
 class ContextEncoder(nn.Module):
@@ -77,92 +58,6 @@ class ContextEncoder(nn.Module):
         if self.pool == "max":
             return masked_max(seq)
         return seq.features[:, 0]
-
-
-class Generator(nn.Module):
-    """DCGAN-style generator: (noise, condition) -> image in ``[-1, 1]``.
-
-    Each block doubles the side (nearest upsampling, 3x3 conv), normalises without
-    affine parameters and applies FiLM (scale and shift) computed from the condition.
-
-    Args:
-        z_dim: Noise width.
-        cond_dim: Condition width.
-        image_size: Output side (8, 16, 28, 32, 64, ...).
-        channels: Output channels (1 or 3).
-        width: Channels of the finest block (coarser blocks have up to 8x as many).
-    """
-
-    def __init__(
-        self, z_dim: int, cond_dim: int, image_size: int, channels: int, width: int = 32
-    ) -> None:
-        super().__init__()
-        levels, self.base = _levels(image_size)
-        self.ch = _channels(width, levels)
-        self.z_dim = z_dim
-        self.stem = nn.Linear(z_dim + cond_dim, self.ch[0] * self.base**2)
-        self.stem_norm = nn.BatchNorm2d(self.ch[0], affine=False)
-        self.convs = nn.ModuleList(
-            nn.Conv2d(self.ch[i], self.ch[i + 1], 3, padding=1) for i in range(levels)
-        )
-        self.norms = nn.ModuleList(nn.BatchNorm2d(c, affine=False) for c in self.ch[1:])
-        self.films = nn.ModuleList(nn.Linear(cond_dim, 2 * c) for c in self.ch)
-        self.out = nn.Conv2d(self.ch[-1], channels, 3, padding=1)
-
-    @staticmethod
-    def _film(x: Tensor, film: nn.Module, cond: Tensor) -> Tensor:
-        scale, shift = film(cond)[:, :, None, None].chunk(2, dim=1)  # (b, ch, 1, 1) each
-        return F.relu(x * (1 + scale) + shift)
-
-    def forward(self, z: Tensor, cond: Tensor) -> Tensor:
-        """``(b, z)`` noise and ``(b, cond_dim)`` condition -> ``(b, c, s, s)`` image."""
-        x = self.stem(torch.cat([z, cond], dim=1)).view(-1, self.ch[0], self.base, self.base)
-        x = self._film(self.stem_norm(x), self.films[0], cond)
-        for conv, norm, film in zip(self.convs, self.norms, self.films[1:], strict=True):
-            x = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (b, ch, 2s', 2s')
-            x = self._film(norm(x), film, cond)
-        return torch.tanh(self.out(x))
-
-
-class Discriminator(nn.Module):
-    """Projection discriminator: ``D(x, c) = psi(phi(x)) + <embed(c), phi(x)>``.
-
-    Args:
-        cond_dim: Condition width.
-        image_size: Input side.
-        channels: Input channels.
-        width: Channels of the first (finest) block.
-        num_classes: Add an auxiliary class head on ``phi(x)`` (AC-GAN); 0 for none.
-        use_spectral_norm: Spectral normalisation on every layer.
-    """
-
-    def __init__(
-        self,
-        cond_dim: int,
-        image_size: int,
-        channels: int,
-        width: int = 32,
-        num_classes: int = 0,
-        use_spectral_norm: bool = True,
-    ) -> None:
-        super().__init__()
-        levels, _ = _levels(image_size)
-        ch = _channels(width, levels)[::-1]  # finest first
-        sn = spectral_norm if use_spectral_norm else (lambda m: m)
-        layers: list[nn.Module] = [sn(nn.Conv2d(channels, ch[0], 3, padding=1)), nn.LeakyReLU(0.2)]
-        for i in range(levels):  # each halves the side
-            layers += [sn(nn.Conv2d(ch[i], ch[i + 1], 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
-        layers += [sn(nn.Conv2d(ch[-1], ch[-1], 3, padding=1)), nn.LeakyReLU(0.2)]
-        self.features = nn.Sequential(*layers)
-        self.psi = sn(nn.Linear(ch[-1], 1))
-        self.embed = sn(nn.Linear(cond_dim, ch[-1]))
-        self.classify = nn.Linear(ch[-1], num_classes) if num_classes else None
-
-    def forward(self, x: Tensor, cond: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``(b, c, s, s)`` images and ``(b, cond_dim)`` -> scores ``(b,)`` and class logits."""
-        phi = self.features(x).sum(dim=(2, 3))  # (b, ch): global sum pooling
-        score = self.psi(phi).squeeze(1) + (self.embed(cond) * phi).sum(1)
-        return score, None if self.classify is None else self.classify(phi)
 
 
 class MultimodalGAN(L.LightningModule):

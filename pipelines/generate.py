@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from mmctx.checkpoints import CheckpointError, data_settings, load_module
 from mmctx.data import Collate, ManifestDataset, Preprocess, SampleError
-from mmctx.manifest import LabelSpace, Sample, parse_row
+from mmctx.data.manifest import LabelSpace, Sample, parse_row
 
 from .gan import MultimodalGAN, _rows
 from .gan_images import contact_sheet, write_png

@@ -35,9 +35,9 @@ from lightning.fabric.utilities import move_data_to_device
 
 from mmctx.checkpoints import CheckpointError, data_settings, load_export, load_module
 from mmctx.data import Collate, ManifestDataset, Preprocess, SampleError
+from mmctx.data.manifest import count_rows, iter_rows, known_modalities, parse_row
+from mmctx.data.modalities import resolve_modalities
 from mmctx.io import Limits
-from mmctx.manifest import count_rows, iter_rows, known_modalities, parse_row
-from mmctx.modalities import resolve_modalities
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ def write_manifest(path: Path, rows: list[dict | str]) -> Path:
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small demo dataset (shared by the tests of one session)."""
-    from mmctx.demo_data import DemoSpec, make_demo_dataset
+    from mmctx.datasets.demo import DemoSpec, make_demo_dataset
 
     out = tmp_path_factory.mktemp("demo") / "data"
     make_demo_dataset(out, DemoSpec(num_samples=240, seed=1))

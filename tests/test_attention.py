@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.profiler import ProfilerActivity, profile
 
-import mmctx.attention as attention
-from mmctx.attention import dense_reference, sliding_window_attention
+import mmctx.nn.attention as attention
+from mmctx.nn.attention import dense_reference, sliding_window_attention
 
 
 @pytest.fixture(autouse=True)

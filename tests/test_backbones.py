@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from mmctx.backbones import SegmentMemoryBackbone, SlidingWindowBackbone, TransformerBackbone
 from mmctx.features import FeatureSequence
+from mmctx.nn.backbones import SegmentMemoryBackbone, SlidingWindowBackbone, TransformerBackbone
 
 KINDS = {
     "dense": lambda **kw: TransformerBackbone(dim=16, depth=2, heads=2, dropout=0.0, **kw),

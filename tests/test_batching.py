@@ -1,6 +1,6 @@
 import pytest
 
-from mmctx.batching import TokenBudgetBatchSampler
+from mmctx.data.batching import TokenBudgetBatchSampler
 
 
 def _lengths():

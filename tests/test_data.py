@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mmctx.data import Collate, ManifestDataset, Preprocess, SampleError
-from mmctx.manifest import LabelSpace, read_manifest
+from mmctx.data.manifest import LabelSpace, read_manifest
 from tests.conftest import write_manifest
 
 PRE = Preprocess(image_size=16, image_channels=3, sample_rate=8000)

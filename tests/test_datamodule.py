@@ -1,7 +1,7 @@
 import pytest
 
 from mmctx.data import estimate_length
-from mmctx.datamodule import MultimodalDataModule
+from mmctx.data.datamodule import MultimodalDataModule
 from tests.conftest import write_manifest
 
 

@@ -1,4 +1,4 @@
-"""Tests for the generated tri-modal digits dataset (mmctx.demo_data)."""
+"""Tests for the generated tri-modal digits dataset (mmctx.datasets.demo)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mmctx import demo_data
-from mmctx.demo_data import DIGIT_WORDS, DTMF, DemoSpec, make_demo_dataset
+from mmctx.datasets import demo as demo_data
+from mmctx.datasets.demo import DIGIT_WORDS, DTMF, DemoSpec, make_demo_dataset
 
 MODALITIES = ("text", "image", "audio")
 NUMBER_WORDS = {"ten", "first", "second", "third", "twice", "once", "double", "dozen", "half"}

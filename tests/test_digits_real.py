@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mmctx.digits_data import make_digits_manifests
+from mmctx.datasets.digits import make_digits_manifests
 from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.skipif(

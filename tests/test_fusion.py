@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from mmctx.backbones import TransformerBackbone
 from mmctx.features import FeatureSequence
-from mmctx.fusion import MultimodalFusion, masked_max, masked_mean
+from mmctx.nn.backbones import TransformerBackbone
+from mmctx.nn.fusion import MultimodalFusion, masked_max, masked_mean
 
 
 def _feats():

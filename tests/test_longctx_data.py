@@ -1,4 +1,4 @@
-"""Tests for the long-context digits dataset (mmctx.longctx_data)."""
+"""Tests for the long-context digits dataset (mmctx.datasets.longctx)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mmctx.demo_data import _VOCAB, DIGIT_WORDS, DTMF
+from mmctx.data.manifest import read_manifest
+from mmctx.datasets.demo import _VOCAB, DIGIT_WORDS, DTMF
+from mmctx.datasets.longctx import _LEADS, LongSpec, make_longctx_dataset
 from mmctx.io import read_audio, read_text
-from mmctx.longctx_data import _LEADS, LongSpec, make_longctx_dataset
-from mmctx.manifest import read_manifest
 from mmctx.tokenizer import HashTokenizer
 
 SPLITS = ("train", "val", "test")

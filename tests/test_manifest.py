@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from mmctx.manifest import LabelSpace, ManifestError, read_manifest
+from mmctx.data.manifest import LabelSpace, ManifestError, read_manifest
 from tests.conftest import write_manifest
 
 

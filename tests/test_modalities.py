@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-import mmctx.modalities as modalities
+import mmctx.data.modalities as modalities
 from mmctx.data import Collate, ManifestDataset, Preprocess, drop_modalities, estimate_length
-from mmctx.datamodule import MultimodalDataModule
-from mmctx.manifest import LabelSpace, read_manifest
-from mmctx.modalities import (
+from mmctx.data.datamodule import MultimodalDataModule
+from mmctx.data.manifest import LabelSpace, read_manifest
+from mmctx.data.modalities import (
     BUILTIN,
     ImageModality,
     Modality,
@@ -147,7 +147,7 @@ def test_bad_registrations_and_unknown_names_are_clear():
 
     with pytest.raises(TypeError, match="Nameless must set the class attribute `name`"):
         register_modality(Nameless)
-    with pytest.raises(TypeError, match="a name or a mmctx.modalities.Modality, got 3"):
+    with pytest.raises(TypeError, match="a name or a mmctx.data.modalities.Modality, got 3"):
         resolve_modalities([3])
     with pytest.raises(ValueError, match=r"modality 'imag' is not known; did you mean \['image'\]"):
         get_modality("imag")
@@ -196,7 +196,7 @@ def test_specs_record_builtins_by_name_and_plugins_by_class_path():
     with pytest.raises(ValueError, match="'nowhere.Thing' cannot be imported"):
         resolve_modalities([{"class_path": "nowhere.Thing"}])
     with pytest.raises(
-        TypeError, match="'collections.OrderedDict' is not a mmctx.modalities.Modality"
+        TypeError, match="'collections.OrderedDict' is not a mmctx.data.modalities.Modality"
     ):
         resolve_modalities([{"class_path": "collections.OrderedDict"}])
 
@@ -209,12 +209,12 @@ def test_entry_points_register_and_broken_plugins_are_skipped(tmp_path, monkeypa
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tick-plugin\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(
-        "[mmctx.modalities]\nticks = tick_plugin:Ticks\nimage = tick_plugin:Imposter\n"
+        "[mmctx.data.modalities]\nticks = tick_plugin:Ticks\nimage = tick_plugin:Imposter\n"
         "broken = tick_plugin_missing:Nothing\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="mmctx.modalities"):
-        loaded = load_entry_points("mmctx.modalities")
+    with caplog.at_level(logging.WARNING, logger="mmctx.data.modalities"):
+        loaded = load_entry_points("mmctx.data.modalities")
     assert set(loaded) == {"ticks", "image"}
     assert type(get_modality("ticks")).__name__ == "Ticks"
     assert type(get_modality("image")) is ImageModality  # a built-in is never replaced
@@ -227,14 +227,14 @@ def test_entry_points_register_and_broken_plugins_are_skipped(tmp_path, monkeypa
 def test_fit_with_all_four_modalities_trains_the_video_encoder(tmp_path):
     import lightning as L
 
-    from mmctx.backbones import TransformerBackbone
-    from mmctx.demo_data import DemoSpec, make_demo_dataset
+    from mmctx.datasets.demo import DemoSpec, make_demo_dataset
     from mmctx.encoders import (
         AudioRNNEncoder,
         ImageCNNEncoder,
         TextTransformerEncoder,
         VideoCNNEncoder,
     )
+    from mmctx.nn.backbones import TransformerBackbone
     from mmctx.pipelines import MultimodalClassifier
 
     paths = make_demo_dataset(tmp_path / "d", DemoSpec(num_samples=40, seed=2, video_frames=4))

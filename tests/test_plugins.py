@@ -15,13 +15,13 @@ import pytest
 import torch
 import yaml
 
-import mmctx.modalities as modalities
+import mmctx.data.modalities as modalities
 from mmctx.checkpoints import data_settings
 from mmctx.cli import load_plugins, main
 from mmctx.data import Collate, Preprocess, drop_modalities
-from mmctx.datamodule import MultimodalDataModule
-from mmctx.manifest import read_manifest
-from mmctx.modalities import get_modality, modality_spec, resolve_modalities
+from mmctx.data.datamodule import MultimodalDataModule
+from mmctx.data.manifest import read_manifest
+from mmctx.data.modalities import get_modality, modality_spec, resolve_modalities
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 MODULE = "my_sensor"  # the name the docs give the plugin module
@@ -29,7 +29,7 @@ ENTRY_POINTS = f"""\
 [mmctx.encoders]
 sensor = {MODULE}:SensorEncoder
 
-[mmctx.modalities]
+[mmctx.data.modalities]
 sensor = {MODULE}:SensorModality
 """
 

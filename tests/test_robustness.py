@@ -15,8 +15,8 @@ from torchmetrics.classification import Accuracy
 
 from mmctx import transforms as T
 from mmctx.cli import main
-from mmctx.datamodule import MultimodalDataModule
-from mmctx.robustness import corruptions_to_sweep, robustness_report, write_report
+from mmctx.data.datamodule import MultimodalDataModule
+from mmctx.pipelines.robustness import corruptions_to_sweep, robustness_report, write_report
 
 CONFIG_ARGS = ["--config", "configs/demo.yaml", "--config", "configs/demo_augment.yaml"]
 

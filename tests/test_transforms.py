@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from mmctx import transforms as T
 from mmctx.data import drop_modalities
-from mmctx.datamodule import MultimodalDataModule
+from mmctx.data.datamodule import MultimodalDataModule
+from mmctx.transforms.text import KEYBOARD_NEIGHBOURS
 
 TEXT = "The quick brown fox sees a big old car near the forest in the evening"
 RATE = 8000
@@ -72,7 +73,7 @@ def test_text_transforms_change_words_and_never_empty(t):
 def test_word_deletion_keeps_one_word_and_typos_hit_neighbour_keys():
     assert len(T.WordDeletion(1.0, p=1)(TEXT, np.random.default_rng(0)).split()) == 1
     out = T.CharTypos(1.0, p=1)("aaaa", np.random.default_rng(0))
-    assert len(out) == 4 and set(out) <= set(T.KEYBOARD_NEIGHBOURS["a"])
+    assert len(out) == 4 and set(out) <= set(KEYBOARD_NEIGHBOURS["a"])
     assert T.CharTypos(1.0, p=1)("A", np.random.default_rng(1)).isupper()
     swapped = T.SynonymReplacement(1.0, {"fox": ["wolf"]}, p=1)(TEXT, np.random.default_rng(0))
     assert "wolf" in swapped.split() and "fox" not in swapped.split()
@@ -352,7 +353,7 @@ def test_video_frames_probability_sweep_and_pickling():
 
 
 def test_augment_dispatches_video_transforms_to_the_video_only():
-    from mmctx.robustness import corruptions_to_sweep
+    from mmctx.pipelines.robustness import corruptions_to_sweep
 
     inputs = {"video": _video(6), "image": _image()}
     augment = T.Augment([T.TemporalCrop(2, p=1), T.Rotation(30, p=0)], RATE)

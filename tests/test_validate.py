@@ -9,7 +9,7 @@ import numpy as np
 import soundfile as sf
 
 from mmctx.cli import main
-from mmctx.validate import validate_manifest
+from mmctx.data.validate import validate_manifest
 from tests.conftest import write_manifest
 
 

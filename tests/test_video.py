@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from mmctx import demo_data
-from mmctx.demo_data import VIDEO_FPS, DemoSpec, make_demo_dataset
+from mmctx.datasets import demo as demo_data
+from mmctx.datasets.demo import VIDEO_FPS, DemoSpec, make_demo_dataset
 from mmctx.encoders import ImageCNNEncoder, ModalityEncoder, VideoCNNEncoder
 from mmctx.io import DecodeError, Limits, read_video
 
@@ -315,7 +315,7 @@ def test_demo_without_video_is_unchanged_by_the_option(tmp_path, monkeypatch):
 
 
 def test_demo_datamodule_passes_video_frames_through(tmp_path):
-    from mmctx.datamodule import DemoDataModule
+    from mmctx.datasets.modules import DemoDataModule
 
     dm = DemoDataModule(num_samples=10, cache_dir=str(tmp_path / "d"), video_frames=3)
     assert json.loads((tmp_path / "d" / "COMPLETE").read_text())["video_frames"] == 3

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from mmctx.backbones import TransformerBackbone
 from mmctx.encoders import AudioRNNEncoder, TextTransformerEncoder
 from mmctx.features import FeatureSequence
+from mmctx.nn.backbones import TransformerBackbone
 from mmctx.pipelines import MultimodalClassifier
 
 

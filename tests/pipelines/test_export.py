@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from mmctx.backbones import TransformerBackbone
 from mmctx.cli import main
 from mmctx.data import Preprocess
 from mmctx.encoders import ImageCNNEncoder, TextTransformerEncoder
+from mmctx.nn.backbones import TransformerBackbone
 from mmctx.pipelines import MultimodalClassifier
 from mmctx.pipelines.export import ExportError, example_inputs, export_torchscript, tensor_inputs
 from mmctx.pipelines.inference import Predictor, preprocess_from

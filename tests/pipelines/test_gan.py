@@ -10,8 +10,8 @@ import lightning as L
 import pytest
 import torch
 
-from mmctx.backbones import TransformerBackbone
 from mmctx.encoders import AudioRNNEncoder, ImageCNNEncoder, TextTransformerEncoder
+from mmctx.nn.backbones import TransformerBackbone
 from mmctx.pipelines import Discriminator, Generator, MultimodalGAN
 from mmctx.pipelines.gan_images import contact_sheet
 from mmctx.pipelines.generate import _pairwise

@@ -77,7 +77,7 @@ def test_predictions_match_the_model_and_do_not_depend_on_batching(trained, pred
         )
     # the same numbers as the model's own predict_step on the data module's batches
     model = predictor.model
-    from mmctx.datamodule import MultimodalDataModule
+    from mmctx.data.datamodule import MultimodalDataModule
 
     dm = MultimodalDataModule(
         predict_manifest=str(manifest), image_size=32, image_channels=1, sample_rate=8000,

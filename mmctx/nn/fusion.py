@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from mmctx.features import FeatureSequence
-from mmctx.positions import sinusoidal_positions
+from mmctx.nn.positions import sinusoidal_positions
 
 
 class MultimodalFusion(nn.Module):

@@ -19,8 +19,8 @@ from typing import Any
 
 import soundfile as sf
 
+from mmctx.data.manifest import count_rows, iter_rows, parse_row
 from mmctx.io import DEFAULT_LIMITS, DecodeError, Limits, read_audio, read_image, read_text
-from mmctx.manifest import count_rows, iter_rows, parse_row
 
 # What is measured per modality, and in which unit.
 UNITS = {

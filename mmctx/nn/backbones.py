@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mmctx.attention import sliding_window_attention
 from mmctx.features import FeatureSequence
-from mmctx.positions import apply_rotary
+from mmctx.nn.attention import sliding_window_attention
+from mmctx.nn.positions import apply_rotary
 
 
 class _SelfAttention(nn.Module):

@@ -2,7 +2,7 @@
 
 A row: ``{"id": str, "text": str | "text_path": path, "image": path | [paths],
 "audio": path | [paths], "video": path | [paths], "label": name | index | [names or
-indices]}``, plus a key per plugin modality (see :mod:`mmctx.modalities`). Paths are
+indices]}``, plus a key per plugin modality (see :mod:`mmctx.data.modalities`). Paths are
 relative to the manifest's folder. A bad row is reported with its line number and cause
 and skipped (or raised, in strict mode); nothing is dropped silently.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmctx.modalities import Modality, manifest_paths, modality_names, resolve_modalities
+from mmctx.data.modalities import Modality, manifest_paths, modality_names, resolve_modalities
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class Sample:
     """One parsed manifest row, with paths already resolved.
 
     ``media`` holds every modality but text by name: a list of paths for the built-ins,
-    whatever :meth:`~mmctx.modalities.Modality.parse` returns for a plugin.
+    whatever :meth:`~mmctx.data.modalities.Modality.parse` returns for a plugin.
     """
 
     line: int
@@ -115,7 +115,7 @@ def parse_row(
         line: Its line number.
         root: Folder that relative paths start from.
         modalities: Plugin modalities to read besides the registered ones (instances,
-            names or :func:`~mmctx.modalities.modality_spec` dicts); see
+            names or :func:`~mmctx.data.modalities.modality_spec` dicts); see
             :func:`known_modalities`.
     """
     if not isinstance(row, dict):

@@ -16,7 +16,7 @@ Several images of one sample are stacked along ``k``; several audio files are jo
 end to end; several videos are joined along ``t``. A sample that fails to decode is left
 out of its batch and its error is carried in ``errors`` (or raised, in strict mode), so
 the run can count and report it. What each modality does is its
-:class:`~mmctx.modalities.Modality` (built-ins and plugins alike), so ``modalities``
+:class:`~mmctx.data.modalities.Modality` (built-ins and plugins alike), so ``modalities``
 arguments take names or instances.
 """
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,9 +31,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mmctx.io import DEFAULT_LIMITS, DecodeError, Limits
-from mmctx.manifest import LabelSpace, Sample
-from mmctx.modalities import (
+from mmctx.data.manifest import LabelSpace, Sample
+from mmctx.data.modalities import (
     BUILTIN,
     AudioModality,
     ImageModality,
@@ -42,42 +40,13 @@ from mmctx.modalities import (
     get_modality,
     resolve_modalities,
 )
+from mmctx.data.preprocess import Preprocess, SampleError
+from mmctx.io import DecodeError, Limits
 from mmctx.transforms import Augment
 
 log = logging.getLogger(__name__)
 
 MODALITIES = BUILTIN  # the built-in modalities: text, image, audio, video
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How decoded media become fixed-format arrays.
-
-    Attributes:
-        image_size: Images (and video frames) are resized to this square size.
-        image_channels: 1 (grayscale) or 3 (RGB), for images and video frames.
-        sample_rate: Audio is resampled to this rate.
-        limits: Decode limits (pixels, seconds, characters).
-        video_fps: Video frames are sampled at this rate (frames per second).
-        video_max_frames: Frames kept per video file (its first ones at ``video_fps``).
-    """
-
-    image_size: int = 32
-    image_channels: int = 3
-    sample_rate: int = 16000
-    limits: Limits = DEFAULT_LIMITS
-    video_fps: float = 4.0
-    video_max_frames: int = 16
-
-    def __post_init__(self) -> None:
-        if isinstance(self.video_fps, bool) or not self.video_fps > 0:
-            raise ValueError(f"video_fps must be > 0, got {self.video_fps!r}")
-        if type(self.video_max_frames) is not int or self.video_max_frames < 1:
-            raise ValueError(f"video_max_frames must be an int >= 1, got {self.video_max_frames!r}")
-
-
-class SampleError(Exception):
-    """A sample that failed to load; carries the message for the batch's ``errors``."""
 
 
 class ManifestDataset(Dataset):
@@ -86,7 +55,7 @@ class ManifestDataset(Dataset):
     Args:
         samples: Parsed rows.
         labels: Label space; ``None`` for unlabelled (prediction) data.
-        modalities: Modalities to load (names or :class:`~mmctx.modalities.Modality`
+        modalities: Modalities to load (names or :class:`~mmctx.data.modalities.Modality`
             instances); others in the rows are ignored.
         preprocess: Decode and resize settings.
         strict: Raise on a sample that fails to decode instead of reporting it.
@@ -189,7 +158,7 @@ def drop_modalities(
         drop: ``{modality: (b,) bool}``, True where that sample loses that modality.
         modalities: The batch's modalities, for plugins not registered by name (the data
             module passes its own); other names are looked up with
-            :func:`~mmctx.modalities.get_modality`.
+            :func:`~mmctx.data.modalities.get_modality`.
 
     Returns:
         The same batch, with inputs and ``present`` flags updated.
@@ -208,7 +177,7 @@ class Collate:
 
     Args:
         modalities: Modalities to put in the batch, names or
-            :class:`~mmctx.modalities.Modality` instances (absent ones get masked entries).
+            :class:`~mmctx.data.modalities.Modality` instances (absent ones get masked entries).
         preprocess: The same settings the dataset used.
         num_classes: Width of multi-hot labels; ``None`` for single-label data.
     """

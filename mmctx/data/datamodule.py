@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -19,19 +18,17 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from mmctx.batching import TokenBudgetBatchSampler
 from mmctx.checkpoints import DATA_SETTINGS_KEY
-from mmctx.data import (
-    MODALITIES,
+from mmctx.data.batching import TokenBudgetBatchSampler
+from mmctx.data.dataset import (
     Collate,
     ManifestDataset,
-    Preprocess,
     drop_modalities,
     estimate_length,
 )
-from mmctx.io import Limits
-from mmctx.manifest import LabelSpace, Sample, read_manifest
-from mmctx.modalities import (
+from mmctx.data.manifest import LabelSpace, Sample, read_manifest
+from mmctx.data.modalities import (
+    BUILTIN,
     AudioModality,
     ImageModality,
     Modality,
@@ -39,6 +36,8 @@ from mmctx.modalities import (
     modality_spec,
     resolve_modalities,
 )
+from mmctx.data.preprocess import Preprocess
+from mmctx.io import Limits
 from mmctx.transforms import Augment, ModalityDropout, Transform
 
 log = logging.getLogger(__name__)
@@ -59,9 +58,9 @@ class MultimodalDataModule(L.LightningDataModule):
         split_seed: Seed of that split.
         classes: Class names in index order; inferred from the labels when not given.
         modalities: Modalities to load (default: the built-ins text, image, audio, video).
-            Each is a registered name (built-ins, :func:`~mmctx.modalities.register_modality`,
-            or the ``mmctx.modalities`` entry points of installed plugins) or a
-            :class:`~mmctx.modalities.Modality` instance, in YAML
+            Each is a registered name (built-ins, :func:`~mmctx.data.modalities.register_modality`,
+            or the ``mmctx.data.modalities`` entry points of installed plugins) or a
+            :class:`~mmctx.data.modalities.Modality` instance, in YAML
             ``{class_path: my_pkg.SensorModality, init_args: {...}}``.
         batch_size: Samples per batch.
         num_workers: DataLoader worker processes.
@@ -76,7 +75,7 @@ class MultimodalDataModule(L.LightningDataModule):
         strict: Stop at the first bad row or file instead of skipping and reporting it.
         max_tokens_per_batch: Batch by a token budget instead of ``batch_size``: samples of
             similar estimated fused length are grouped so that ``longest x count`` stays
-            within it (see :class:`~mmctx.batching.TokenBudgetBatchSampler`).
+            within it (see :class:`~mmctx.data.batching.TokenBudgetBatchSampler`).
         tokens_per_audio_second: Fused positions per second of audio, for that estimate.
         tokens_per_image: Fused positions per image, for that estimate.
         video_fps: Video frames are sampled at this rate (frames per second).
@@ -172,7 +171,7 @@ class MultimodalDataModule(L.LightningDataModule):
         modalities: list[str | Modality] | None, audio_rate: float, image_rate: int
     ) -> tuple[Modality, ...]:
         rated = {"image": ImageModality(image_rate), "audio": AudioModality(audio_rate)}
-        specs = list(MODALITIES if modalities is None else modalities)
+        specs = list(BUILTIN if modalities is None else modalities)
         known = modality_names()
         unknown = [m for m in specs if isinstance(m, str) and m not in known]
         if unknown:
@@ -298,127 +297,3 @@ class MultimodalDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.loader("predict")
-
-
-def default_cache_dir() -> Path:
-    """Where generated data is kept: ``$MMCTX_CACHE`` or ``~/.cache/mmctx``."""
-    root = (
-        os.environ.get("MMCTX_CACHE")
-        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mmctx"
-    )
-    return Path(root)
-
-
-class DemoDataModule(MultimodalDataModule):
-    """The built-in tri-modal digits data, generated once into a cache folder.
-
-    The data is written by :func:`mmctx.demo_data.make_demo_dataset` and then read back
-    through the ordinary manifest path, exactly like a user's dataset. ``predict`` runs
-    on the test split unless ``predict_manifest`` is given.
-
-    Args:
-        num_samples: Samples in all splits together.
-        seed: Seed of the generator (same seed, same files).
-        cache_dir: Folder for the generated data (default: ``default_cache_dir()/demo``).
-        video_frames: Add a video of this many frames to every sample (0: no video).
-        **kwargs: Any other :class:`MultimodalDataModule` argument (batch size, sizes, ...);
-            the manifests are set by this class.
-    """
-
-    def __init__(
-        self,
-        num_samples: int = 3000,
-        seed: int = 0,
-        cache_dir: str | None = None,
-        video_frames: int = 0,
-        **kwargs,
-    ) -> None:
-        from mmctx.demo_data import DemoSpec, make_demo_dataset
-
-        super().__init__(**kwargs)
-        spec = DemoSpec(num_samples=num_samples, seed=seed, video_frames=video_frames)
-        name = f"demo-n{num_samples}-s{seed}" + (f"-v{video_frames}" if video_frames else "")
-        folder = Path(cache_dir) if cache_dir else default_cache_dir() / name
-        paths = make_demo_dataset(folder, spec, progress=True)
-        self.use_generated(paths)
-        log.info("demo data in %s", folder)
-
-
-class DigitsDataModule(MultimodalDataModule):
-    """Real spoken digits paired with handwritten ones (see :mod:`mmctx.digits_data`).
-
-    Args:
-        root: Folder holding ``fsdd/`` and ``digits/`` (the project's shared data).
-        val_speakers: Speakers used only for validation.
-        test_speakers: Speakers used only for testing.
-        seed: Seed of the image split and the pairing.
-        cache_dir: Folder for the manifests (default: ``default_cache_dir()/digits-s<seed>``).
-        **kwargs: Any other :class:`MultimodalDataModule` argument.
-    """
-
-    def __init__(
-        self,
-        root: str = "../shared/data",
-        val_speakers: list[str] | None = None,
-        test_speakers: list[str] | None = None,
-        seed: int = 0,
-        cache_dir: str | None = None,
-        **kwargs,
-    ) -> None:
-        from mmctx.digits_data import make_digits_manifests
-
-        super().__init__(**kwargs)
-        folder = Path(cache_dir) if cache_dir else default_cache_dir() / f"digits-s{seed}"
-        paths = make_digits_manifests(
-            root,
-            folder,
-            val_speakers=val_speakers or ["nicolas"],
-            test_speakers=test_speakers or ["theo"],
-            seed=seed,
-        )
-        self.use_generated(paths)
-
-
-class LongContextDataModule(MultimodalDataModule):
-    """Built-in long inputs: the digit sits once, somewhere, in a long text and a long clip.
-
-    Generated once into a cache folder by :func:`mmctx.longctx_data.make_longctx_dataset`
-    and read back through the ordinary manifest path.
-
-    Args:
-        num_samples: Samples in all splits together.
-        seed: Seed of the generator.
-        audio_seconds: Length of each noise clip holding one DTMF burst.
-        text_words: Length of each distractor text holding one telling sentence.
-        modalities_generated: Which modalities the samples carry.
-        cache_dir: Folder for the generated data (default: under ``default_cache_dir()``).
-        **kwargs: Any other :class:`MultimodalDataModule` argument.
-    """
-
-    def __init__(
-        self,
-        num_samples: int = 600,
-        seed: int = 0,
-        audio_seconds: float = 30.0,
-        text_words: int = 3000,
-        modalities_generated: list[str] | None = None,
-        cache_dir: str | None = None,
-        **kwargs,
-    ) -> None:
-        from mmctx.longctx_data import LongSpec, make_longctx_dataset
-
-        super().__init__(**kwargs)
-        generated = tuple(modalities_generated or ("text", "audio"))
-        spec = LongSpec(
-            num_samples=num_samples,
-            seed=seed,
-            audio_seconds=audio_seconds,
-            text_words=text_words,
-            modalities=generated,
-        )
-        name = f"long-n{num_samples}-s{seed}-a{audio_seconds:g}-w{text_words}-{'+'.join(generated)}"
-        self.use_generated(
-            make_longctx_dataset(
-                Path(cache_dir) if cache_dir else default_cache_dir() / name, spec, progress=True
-            )
-        )

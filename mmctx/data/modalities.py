@@ -19,7 +19,7 @@ A new modality subclasses :class:`Modality` (or :class:`SequenceModality`, which
 the data module's ``modalities`` (``{class_path: my_pkg.SensorModality, init_args: ...}``
 in YAML; its settings come from its own constructor); a name registered with
 :func:`register_modality`; or a name declared in the entry-point group
-``mmctx.modalities`` of an installed package (loaded on first use of an unknown name).
+``mmctx.data.modalities`` of an installed package (loaded on first use of an unknown name).
 See ``docs/extending.md``.
 """
 
@@ -33,7 +33,7 @@ import logging
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -41,10 +41,8 @@ import soundfile as sf
 import torch
 from torch import Tensor
 
+from mmctx.data.preprocess import Preprocess
 from mmctx.io import check_text, read_audio, read_image, read_text, read_video
-
-if TYPE_CHECKING:
-    from mmctx.data import Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +63,8 @@ __all__ = [
     "resolve_modalities",
 ]
 
-ENTRY_POINT_GROUPS = ("mmctx.encoders", "mmctx.modalities")
-MODALITY_GROUP = "mmctx.modalities"
+ENTRY_POINT_GROUPS = ("mmctx.encoders", "mmctx.data.modalities")
+MODALITY_GROUP = "mmctx.data.modalities"
 
 
 def manifest_paths(value: Any, key: str, root: Path) -> list[Path]:
@@ -333,7 +331,7 @@ _scanned = False  # entry points of MODALITY_GROUP looked at in this process
 
 def _check_modality(obj: Any) -> Modality:
     if not isinstance(obj, Modality):
-        raise TypeError(f"a modality is a name or a mmctx.modalities.Modality, got {obj!r}")
+        raise TypeError(f"a modality is a name or a mmctx.data.modalities.Modality, got {obj!r}")
     name = getattr(obj, "name", None)
     if not isinstance(name, str) or not name.isidentifier():
         raise TypeError(
@@ -375,7 +373,7 @@ def load_entry_points(group: str) -> dict[str, Any]:
     """Import every entry point of ``group`` (e.g. ``"mmctx.encoders"``) of installed packages.
 
     Importing an encoder class is what gives it a short ``class_path`` in configs. Modality
-    entry points (group ``mmctx.modalities``) are also registered under their ``name``. A
+    entry points (group ``mmctx.data.modalities``) are also registered under their ``name``. A
     plugin that fails to import is logged with the cause and skipped.
 
     Returns:
@@ -399,7 +397,9 @@ def load_entry_points(group: str) -> dict[str, Any]:
 def _register_entry_point(ep_name: str, ep_value: str, obj: Any) -> None:
     cls = obj if isinstance(obj, type) else type(obj)
     if not issubclass(cls, Modality):
-        log.warning("skipped plugin %s = %s: not a mmctx.modalities.Modality", ep_name, ep_value)
+        log.warning(
+            "skipped plugin %s = %s: not a mmctx.data.modalities.Modality", ep_name, ep_value
+        )
         return
     old = _REGISTRY.get(getattr(obj, "name", None))
     if old is None:
@@ -442,7 +442,7 @@ def get_modality(name: str) -> Modality:
     hint = f"did you mean {close}? " if close else ""
     raise ValueError(
         f"modality {name!r} is not known; {hint}known: {list(_REGISTRY)} (register one with "
-        "mmctx.modalities.register_modality, the entry-point group 'mmctx.modalities', or "
+        "mmctx.data.modalities.register_modality, the entry-point group 'mmctx.data.modalities', or "
         "give it as {class_path: my_pkg.MyModality})"
     )
 
@@ -469,7 +469,9 @@ def _from_spec(spec: dict[str, Any]) -> Modality:
     except (ImportError, AttributeError) as err:
         raise ValueError(f"modality class_path {class_path!r} cannot be imported ({err})") from None
     if not (isinstance(cls, type) and issubclass(cls, Modality)):
-        raise TypeError(f"modality class_path {class_path!r} is not a mmctx.modalities.Modality")
+        raise TypeError(
+            f"modality class_path {class_path!r} is not a mmctx.data.modalities.Modality"
+        )
     return cls(**dict(spec.get("init_args") or {}))
 
 

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmctx.data import drop_modalities
-from mmctx.datamodule import MultimodalDataModule
+from mmctx.data.datamodule import MultimodalDataModule
 from mmctx.transforms import AddNoise, Augment, CharTypos, ImageNoise, Transform
 
 DEFAULT_CORRUPTIONS: dict[str, Transform] = {

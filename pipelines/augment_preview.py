@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmctx.datamodule import MultimodalDataModule
+from mmctx.data.datamodule import MultimodalDataModule
 
 _TEXT_CHARS = 300
 

@@ -7,7 +7,7 @@ modality a sample carries holds the answer, but only at that one place. A model 
 whole input can be near perfect, while one that keeps only the first 512 positions finds the
 clue only about 512 / ``text_words`` of the time and is otherwise left guessing (near chance).
 
-The pieces are those of :mod:`mmctx.demo_data` (digit words, filler vocabulary, DTMF burst in
+The pieces are those of :mod:`mmctx.datasets.demo` (digit words, filler vocabulary, DTMF burst in
 noise, WAV encoding, split cutting); only the layout is longer. Sample ``i`` draws its text from
 ``np.random.default_rng([seed, i, 0])`` and its audio from ``np.random.default_rng([seed, i,
 1])``, so dropping a modality leaves the other unchanged. ``truth.jsonl`` records where each clue
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmctx.demo_data import (
+from mmctx.datasets.demo import (
     _VOCAB,
     DIGIT_WORDS,
     DemoSpec,
@@ -165,7 +165,7 @@ def make_longctx_dataset(
     ``val.jsonl``, ``test.jsonl`` (rows ``{"id", "label", "text_path", "audio"}``),
     ``truth.jsonl`` (the digit word's index ``word_index``, and ``onset_seconds`` and
     ``burst_seconds`` of the tone) and ``COMPLETE`` (the spec as JSON). As with
-    :func:`mmctx.demo_data.make_demo_dataset`, it is all built in a temporary sibling folder
+    :func:`mmctx.datasets.demo.make_demo_dataset`, it is all built in a temporary sibling folder
     renamed into place at the end, so an interrupted run leaves nothing behind and racing callers
     all end with the same data.
 

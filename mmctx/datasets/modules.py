@@ -1,0 +1,135 @@
+"""Data modules for the built-in datasets: generated once, then read as manifests."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from mmctx.data.datamodule import MultimodalDataModule
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    """Where generated data is kept: ``$MMCTX_CACHE`` or ``~/.cache/mmctx``."""
+    root = (
+        os.environ.get("MMCTX_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mmctx"
+    )
+    return Path(root)
+
+
+class DemoDataModule(MultimodalDataModule):
+    """The built-in tri-modal digits data, generated once into a cache folder.
+
+    The data is written by :func:`mmctx.datasets.demo.make_demo_dataset` and then read back
+    through the ordinary manifest path, exactly like a user's dataset. ``predict`` runs
+    on the test split unless ``predict_manifest`` is given.
+
+    Args:
+        num_samples: Samples in all splits together.
+        seed: Seed of the generator (same seed, same files).
+        cache_dir: Folder for the generated data (default: ``default_cache_dir()/demo``).
+        video_frames: Add a video of this many frames to every sample (0: no video).
+        **kwargs: Any other :class:`MultimodalDataModule` argument (batch size, sizes, ...);
+            the manifests are set by this class.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 3000,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        video_frames: int = 0,
+        **kwargs,
+    ) -> None:
+        from mmctx.datasets.demo import DemoSpec, make_demo_dataset
+
+        super().__init__(**kwargs)
+        spec = DemoSpec(num_samples=num_samples, seed=seed, video_frames=video_frames)
+        name = f"demo-n{num_samples}-s{seed}" + (f"-v{video_frames}" if video_frames else "")
+        folder = Path(cache_dir) if cache_dir else default_cache_dir() / name
+        paths = make_demo_dataset(folder, spec, progress=True)
+        self.use_generated(paths)
+        log.info("demo data in %s", folder)
+
+
+class DigitsDataModule(MultimodalDataModule):
+    """Real spoken digits paired with handwritten ones (see :mod:`mmctx.datasets.digits`).
+
+    Args:
+        root: Folder holding ``fsdd/`` and ``digits/`` (the project's shared data).
+        val_speakers: Speakers used only for validation.
+        test_speakers: Speakers used only for testing.
+        seed: Seed of the image split and the pairing.
+        cache_dir: Folder for the manifests (default: ``default_cache_dir()/digits-s<seed>``).
+        **kwargs: Any other :class:`MultimodalDataModule` argument.
+    """
+
+    def __init__(
+        self,
+        root: str = "../shared/data",
+        val_speakers: list[str] | None = None,
+        test_speakers: list[str] | None = None,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        **kwargs,
+    ) -> None:
+        from mmctx.datasets.digits import make_digits_manifests
+
+        super().__init__(**kwargs)
+        folder = Path(cache_dir) if cache_dir else default_cache_dir() / f"digits-s{seed}"
+        paths = make_digits_manifests(
+            root,
+            folder,
+            val_speakers=val_speakers or ["nicolas"],
+            test_speakers=test_speakers or ["theo"],
+            seed=seed,
+        )
+        self.use_generated(paths)
+
+
+class LongContextDataModule(MultimodalDataModule):
+    """Built-in long inputs: the digit sits once, somewhere, in a long text and a long clip.
+
+    Generated once into a cache folder by :func:`mmctx.datasets.longctx.make_longctx_dataset`
+    and read back through the ordinary manifest path.
+
+    Args:
+        num_samples: Samples in all splits together.
+        seed: Seed of the generator.
+        audio_seconds: Length of each noise clip holding one DTMF burst.
+        text_words: Length of each distractor text holding one telling sentence.
+        modalities_generated: Which modalities the samples carry.
+        cache_dir: Folder for the generated data (default: under ``default_cache_dir()``).
+        **kwargs: Any other :class:`MultimodalDataModule` argument.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 600,
+        seed: int = 0,
+        audio_seconds: float = 30.0,
+        text_words: int = 3000,
+        modalities_generated: list[str] | None = None,
+        cache_dir: str | None = None,
+        **kwargs,
+    ) -> None:
+        from mmctx.datasets.longctx import LongSpec, make_longctx_dataset
+
+        super().__init__(**kwargs)
+        generated = tuple(modalities_generated or ("text", "audio"))
+        spec = LongSpec(
+            num_samples=num_samples,
+            seed=seed,
+            audio_seconds=audio_seconds,
+            text_words=text_words,
+            modalities=generated,
+        )
+        name = f"long-n{num_samples}-s{seed}-a{audio_seconds:g}-w{text_words}-{'+'.join(generated)}"
+        self.use_generated(
+            make_longctx_dataset(
+                Path(cache_dir) if cache_dir else default_cache_dir() / name, spec, progress=True
+            )
+        )
