@@ -1,7 +1,8 @@
 """Checkpoints and exports that load without running pickled code.
 
 A checkpoint written by ``mmctx fit`` holds the model's full config (``class_path`` and
-``init_args`` of every component, see :func:`save_config`) and the data module's
+``init_args`` of every component, recorded by the CLI in the model's hyperparameters) and
+the data module's
 preprocessing settings (see ``MultimodalDataModule.state_dict``), so a model is rebuilt from
 the file alone: :func:`load_module`. Every read uses ``torch.load(weights_only=True)``.
 
@@ -13,7 +14,6 @@ Lightning's checkpoint machinery.
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import os
 import pickle
@@ -31,24 +31,6 @@ DATA_SETTINGS_KEY = "mmctx_data_settings"
 
 class CheckpointError(ValueError):
     """A checkpoint or export that cannot be used; the message names the file and the cause."""
-
-
-def save_config(module: nn.Module, objects: list[str]) -> None:
-    """``save_hyperparameters`` that keeps checkpoints free of pickled modules.
-
-    Built by the CLI, the hyperparameters are the config itself (``class_path`` and
-    ``init_args`` of every encoder), so a checkpoint rebuilds the whole model. Built in
-    plain Python, the ``objects`` arguments (modules, factories) are left out: they would
-    be pickled objects, and checkpoints are meant to load with ``weights_only=True``.
-    """
-    try:
-        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-
-        from_config = _given_hyperparameters.get() is not None
-    except ImportError:  # pragma: no cover - a Lightning without the CLI hook
-        from_config = False
-    frame = inspect.currentframe().f_back  # the caller's __init__ holds the arguments
-    module.save_hyperparameters(ignore=None if from_config else objects, frame=frame)
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -72,19 +54,19 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return ckpt
 
 
-def _plain(value: Any) -> Any:
+def plain_config(value: Any) -> Any:
     """Config values as plain JSON types (the CLI stores jsonargparse Namespaces)."""
     if hasattr(value, "as_dict"):
         value = value.as_dict()
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_config(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain_config(v) for v in value]
     return value
 
 
 def _model_config(hparams: dict[str, Any], source: Path) -> dict[str, Any]:
-    config = {k: _plain(v) for k, v in hparams.items() if k != "_instantiator"}
+    config = {k: plain_config(v) for k, v in hparams.items() if k != "_instantiator"}
     if "_class_path" not in config:
         raise CheckpointError(
             f"{source}: the checkpoint does not say which class it holds; it was not written "
@@ -93,19 +75,40 @@ def _model_config(hparams: dict[str, Any], source: Path) -> dict[str, Any]:
     return config
 
 
+# Modules that moved: class paths recorded by older versions -> where the classes live now.
+MOVED_MODULES = {
+    "mmctx.backbones": "mmctx.nn.backbones",
+    "mmctx.fusion": "mmctx.nn.fusion",
+    "mmctx.attention": "mmctx.nn.attention",
+    "mmctx.positions": "mmctx.nn.positions",
+    "mmctx.datamodule": "mmctx.data.datamodule",
+}
+
+
+def _renamed(value: Any) -> Any:
+    """A config with the class paths of moved modules pointed at their new modules."""
+    if isinstance(value, dict):
+        out = {k: _renamed(v) for k, v in value.items()}
+        for key in ("class_path", "_class_path"):
+            path = out.get(key)
+            if isinstance(path, str) and "." in path:
+                module, _, name = path.rpartition(".")
+                out[key] = f"{MOVED_MODULES.get(module, module)}.{name}"
+        return out
+    if isinstance(value, list):
+        return [_renamed(v) for v in value]
+    return value
+
+
 def build_module(config: dict[str, Any], source: Path | str = "config") -> nn.Module:
     """Instantiate a module from its saved config (``_class_path`` plus init arguments)."""
     from jsonargparse import ArgumentParser
 
-    import mmctx.encoders  # noqa: F401
-
-    # The components' classes must be importable for their class paths to resolve.
-    import mmctx.nn.backbones  # noqa: F401
-    import mmctx.pipelines  # noqa: F401
-
+    # Class paths are full dotted paths: jsonargparse imports each one's module itself.
+    config = _renamed(copy.deepcopy(config))
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(nn.Module, "module", fail_untyped=False)
-    kwargs = copy.deepcopy({k: v for k, v in config.items() if k != "_class_path"})
+    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}  # _class_path, ...
     try:
         cfg = parser.parse_object(
             {"module": {"class_path": config["_class_path"], "dict_kwargs": kwargs}}

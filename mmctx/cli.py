@@ -14,6 +14,7 @@ and ``mmctx.data.modalities``) are loaded first, so their classes have short nam
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ import mmctx.encoders  # noqa: F401
 # Imported so that short class names in configs resolve.
 import mmctx.nn.backbones  # noqa: F401
 import mmctx.pipelines  # noqa: F401
+from mmctx.checkpoints import plain_config
 from mmctx.data.modalities import ENTRY_POINT_GROUPS, load_entry_points
 from mmctx.pipelines import JsonlPredictionWriter
 
@@ -209,7 +211,7 @@ def _generate(argv: Sequence[str]) -> int:
 def _gan_eval(argv: Sequence[str]) -> int:
     from mmctx.pipelines.generate import gan_eval_main
 
-    return gan_eval_main(list(argv))
+    return gan_eval_main(list(argv), lambda args: _from_config([], args))
 
 
 OWN_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
@@ -238,8 +240,30 @@ class MMCtxCLI(LightningCLI):
             "data.multilabel", "model.init_args.multilabel", apply_on="instantiate"
         )
 
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        record_model_config(self.model, config.model)
+
     def after_fit(self) -> None:
         report_fit(self.trainer, self.datamodule)
+
+
+def record_model_config(model: L.LightningModule, config: Any) -> None:
+    """Keep the model's whole config (``class_path`` and ``init_args`` of every component) in
+    its hyperparameters, so that a checkpoint rebuilds the model from the file alone.
+
+    The model saved its plain arguments itself (``save_hyperparameters`` ignoring modules and
+    factories, which would be pickled objects); the components come from the config.
+    """
+    hparams = model.hparams
+    hparams["_class_path"] = config.class_path
+    for key, value in plain_config(config.init_args).items():
+        try:  # a default left as a Python object (e.g. a factory function) stays the default
+            json.dumps(value)
+        except TypeError:
+            continue
+        hparams.setdefault(key, value)
 
 
 def load_plugins() -> None:

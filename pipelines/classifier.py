@@ -13,25 +13,32 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import Accuracy, F1Score
 
-from mmctx.checkpoints import save_config
 from mmctx.encoders import ModalityEncoder
 from mmctx.features import FeatureSequence
 from mmctx.nn.backbones import FusionBackbone
-from mmctx.nn.fusion import MultimodalFusion, masked_max, masked_mean
+from mmctx.nn.fused import FusedModel
 
-POOLS = ("mean", "max", "summary", "attention")
+# State-dict keys of checkpoints written before the fused model existed -> today's keys.
+_OLD_KEYS = {
+    "encoders.": "fused.encoders.",
+    "fusion.": "fused.fusion.",
+    "backbone.": "fused.backbone.",
+    "pool_score.": "fused.pool.score.",
+}
 
 
-def pool_sequence(seq: FeatureSequence, pool: str, score: nn.Module | None = None) -> Tensor:
-    """One ``(b, d)`` vector per sample (see ``MultimodalClassifier``'s ``pool``)."""
-    if pool == "mean":
-        return masked_mean(seq)
-    if pool == "max":
-        return masked_max(seq)
-    if pool == "summary":
-        return seq.features[:, 0]
-    weight = score(seq.features).squeeze(-1).masked_fill(~seq.mask, float("-inf"))
-    return (weight.softmax(-1)[..., None] * seq.features).sum(1)  # position 0 is always valid
+def _upgrade_state_dict(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any
+) -> None:
+    """Rename the keys of an older checkpoint in place (a ``load_state_dict`` pre-hook)."""
+    for key in list(state_dict):
+        if not key.startswith(prefix):
+            continue
+        rest = key[len(prefix) :]
+        for old, new in _OLD_KEYS.items():
+            if rest.startswith(old):
+                state_dict[prefix + new + rest[len(old) :]] = state_dict.pop(key)
+                break
 
 
 def _adamw(params: Any) -> torch.optim.Optimizer:
@@ -58,13 +65,8 @@ class MultimodalClassifier(L.LightningModule):
         backbone: The fusion backbone; its ``dim`` is the fused width.
         class_names: Class names in index order (the CLI takes them from the data).
         multilabel: Sigmoid outputs and one binary decision per class instead of softmax.
-        pool: How the fused sequence becomes one vector: ``"mean"`` over valid positions;
-            ``"max"``, the feature-wise maximum over valid positions (for long inputs where
-            the evidence is a few positions among thousands); ``"summary"``, the summary
-            token at position 0 (pair it with a backbone whose summary token sees
-            everything, such as ``SlidingWindowBackbone``); or ``"attention"``, a learned
-            score per position and the softmax-weighted sum (attention pooling: learns to
-            find a few telling positions among thousands much sooner than the others).
+        pool: How the fused sequence becomes one vector: ``"mean"``, ``"max"``,
+            ``"summary"`` or ``"attention"`` (see :class:`mmctx.nn.pooling.Pooling`).
         dropout: Dropout before the output layer.
         share_frame_cnn: The video encoder runs its frames through the image encoder's CNN
             (one set of weights, trained by both) instead of a CNN of its own.
@@ -85,35 +87,22 @@ class MultimodalClassifier(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
-        save_config(self, objects=["encoders", "backbone", "optimizer", "lr_scheduler"])
-        for name, enc in encoders.items():
-            if name != enc.modality:
-                raise ValueError(
-                    f"encoders[{name!r}] is a {type(enc).__name__} for {enc.modality!r}"
-                )
-        if pool not in POOLS:
-            raise ValueError(f"pool must be one of {sorted(POOLS)}, got {pool!r}")
-        self.pool_score = nn.Linear(backbone.dim, 1) if pool == "attention" else None
+        self.save_hyperparameters(ignore=["encoders", "backbone", "optimizer", "lr_scheduler"])
         if len(class_names) < 2 and not multilabel:
             raise ValueError(f"need at least 2 classes, got class_names={class_names}")
         if share_frame_cnn:
             if not {"image", "video"} <= set(encoders):
                 raise ValueError("share_frame_cnn needs both an image and a video encoder")
             encoders["video"].share_frame_cnn(encoders["image"])
-        self.encoders = nn.ModuleDict(encoders)
-        in_dims = {m: e.out_dim for m, e in encoders.items()}
-        self.fusion = MultimodalFusion(
-            in_dims, backbone.dim, modality_tokens=backbone.global_tokens
-        )
-        self.backbone = backbone
+        self.fused = FusedModel(encoders, backbone, pool)
         self.head = nn.Sequential(
             nn.LayerNorm(backbone.dim),
             nn.Dropout(dropout),
             nn.Linear(backbone.dim, len(class_names)),
         )
+        self.register_load_state_dict_pre_hook(_upgrade_state_dict)
         self.class_names = list(class_names)
         self.multilabel = multilabel
-        self.pool = pool
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         task: dict[str, Any] = (
@@ -129,18 +118,18 @@ class MultimodalClassifier(L.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         self.skipped_samples = 0
 
+    @property
+    def encoders(self) -> nn.ModuleDict:
+        """The per-modality encoders (of the fused model)."""
+        return self.fused.encoders
+
     def forward(self, inputs: dict[str, Any]) -> Tensor:
         """Logits ``(b, classes)`` from the collated ``inputs`` of a batch."""
-        fused = self.embed(inputs)  # (b, n, d)
-        return self.head(self.pooled(fused))
-
-    def pooled(self, seq: FeatureSequence) -> Tensor:
-        """One ``(b, d)`` vector per sample from the backbone's output (see ``pool``)."""
-        return pool_sequence(seq, self.pool, self.pool_score)
+        return self.head(self.fused(inputs).pooled)
 
     def embed(self, inputs: dict[str, Any]) -> FeatureSequence:
         """The backbone's output sequence ``(b, n, d)`` (for heads other than this one)."""
-        return self.backbone(self.fusion({m: enc(inputs[m]) for m, enc in self.encoders.items()}))
+        return self.fused.sequence(inputs)
 
     def _loss(self, logits: Tensor, target: Tensor) -> Tensor:
         if self.multilabel:

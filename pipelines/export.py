@@ -23,8 +23,6 @@ from torch import Tensor, nn
 
 from mmctx.data import Collate, Preprocess
 
-from .classifier import pool_sequence
-
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 
 
@@ -51,8 +49,7 @@ class TensorClassifier(nn.Module):
 
     def __init__(self, model: nn.Module, names: list[str], constants: dict[str, Any]) -> None:
         super().__init__()
-        self.encoders, self.fusion, self.backbone = model.encoders, model.fusion, model.backbone
-        self.head, self.pool_score, self.pool = model.head, model.pool_score, model.pool
+        self.fused, self.head = model.fused, model.head
         self.names = names
         self.constants = constants  # non-tensor values of the batch, e.g. the audio sample rate
 
@@ -61,10 +58,7 @@ class TensorClassifier(nn.Module):
         for name, tensor in zip(self.names, tensors, strict=True):
             modality, key = name.split(".", 1)
             inputs[modality][key] = tensor
-        seqs = {m: enc(inputs[m]) for m, enc in self.encoders.items()}
-        return self.head(
-            pool_sequence(self.backbone(self.fusion(seqs)), self.pool, self.pool_score)
-        )
+        return self.head(self.fused(inputs).pooled)
 
 
 def example_inputs(

@@ -20,11 +20,10 @@ import torch.nn.functional as F
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor, nn
 
-from mmctx.checkpoints import save_config
 from mmctx.data import Collate
 from mmctx.encoders import ModalityEncoder
 from mmctx.nn.backbones import FusionBackbone
-from mmctx.nn.fusion import MultimodalFusion, masked_max, masked_mean
+from mmctx.nn.fused import FusedModel
 from mmctx.nn.gan import Discriminator, Generator
 
 from .gan_images import contact_sheet, to_uint8, write_png
@@ -32,32 +31,6 @@ from .gan_images import contact_sheet, to_uint8, write_png
 log = logging.getLogger(__name__)
 
 LOSSES = ("bce", "hinge")
-POOLS = ("mean", "max", "summary")
-
-
-class ContextEncoder(nn.Module):
-    """Encoders -> fusion -> backbone -> pooled context vector ``c`` ``(b, d)``."""
-
-    def __init__(
-        self, encoders: dict[str, ModalityEncoder], backbone: FusionBackbone, pool: str
-    ) -> None:
-        super().__init__()
-        if pool not in POOLS:
-            raise ValueError(f"pool must be one of {list(POOLS)}, got {pool!r}")
-        self.encoders = nn.ModuleDict(encoders)
-        dims = {m: e.out_dim for m, e in encoders.items()}
-        self.fusion = MultimodalFusion(dims, backbone.dim, modality_tokens=backbone.global_tokens)
-        self.backbone = backbone
-        self.pool = pool
-        self.dim = backbone.dim
-
-    def forward(self, inputs: dict[str, Any]) -> Tensor:
-        seq = self.backbone(self.fusion({m: enc(inputs[m]) for m, enc in self.encoders.items()}))
-        if self.pool == "mean":
-            return masked_mean(seq)
-        if self.pool == "max":
-            return masked_max(seq)
-        return seq.features[:, 0]
 
 
 class MultimodalGAN(L.LightningModule):
@@ -76,7 +49,7 @@ class MultimodalGAN(L.LightningModule):
         target: The generated modality; only ``"image"`` for now.
         image_size: Side of the generated square images (the data's ``image_size``).
         image_channels: 1 (grayscale) or 3 (colour), as the data's ``image_channels``.
-        pool: How the context sequence becomes ``c``: ``"mean"``, ``"max"`` or ``"summary"``.
+        pool: How the context sequence becomes ``c`` (see :class:`mmctx.nn.pooling.Pooling`).
         z_dim: Noise width.
         cond_dim: Width the context is projected to before it conditions G and D.
         g_width: Generator width (channels of its finest block).
@@ -129,7 +102,7 @@ class MultimodalGAN(L.LightningModule):
         grid_samples: int = 8,
     ) -> None:
         super().__init__()
-        save_config(self, objects=["encoders", "backbone"])
+        self.save_hyperparameters(ignore=["encoders", "backbone"])
         self.automatic_optimization = False
         if target != "image":
             raise ValueError(
@@ -141,11 +114,6 @@ class MultimodalGAN(L.LightningModule):
             )
         if not encoders:
             raise ValueError("encoders is empty: configure at least one conditioning modality")
-        for name, enc in encoders.items():
-            if name != enc.modality:
-                raise ValueError(
-                    f"encoders[{name!r}] is a {type(enc).__name__} for {enc.modality!r}"
-                )
         if multilabel:
             raise ValueError("MultimodalGAN needs single-label data, got multilabel=True")
         if loss not in LOSSES:
@@ -153,7 +121,7 @@ class MultimodalGAN(L.LightningModule):
         if image_channels not in (1, 3):
             raise ValueError(f"image_channels must be 1 or 3, got {image_channels}")
         self.class_names = list(class_names)
-        self.context = ContextEncoder(encoders, backbone, pool)
+        self.context = FusedModel(encoders, backbone, pool)
         self.cond = nn.Sequential(nn.Linear(backbone.dim, cond_dim), nn.LayerNorm(cond_dim))
         self.aux_head = nn.Linear(backbone.dim, len(class_names)) if aux_weight > 0 else None
         self.generator = Generator(z_dim, cond_dim, image_size, image_channels, g_width)
@@ -179,7 +147,7 @@ class MultimodalGAN(L.LightningModule):
     # -- model -------------------------------------------------------------------------
     def condition(self, inputs: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """Context ``(b, d)`` and condition ``(b, cond_dim)`` from a batch's ``inputs``."""
-        ctx = self.context(inputs)
+        ctx = self.context(inputs).pooled
         return ctx, self.cond(ctx)
 
     def forward(self, inputs: dict[str, Any], z: Tensor, ema: bool = True) -> Tensor:
@@ -306,7 +274,7 @@ class MultimodalGAN(L.LightningModule):
         self.skipped_samples += len(batch["errors"])
         if not batch["ids"] or self.aux_head is None:
             return
-        ctx = self.context({m: batch["inputs"][m] for m in self.context.encoders})
+        ctx = self.context({m: batch["inputs"][m] for m in self.context.encoders}).pooled
         acc = (self.aux_head(ctx).argmax(1) == batch["label"]).float().mean()
         self.log("val/cond_acc", acc, prog_bar=True, batch_size=len(batch["ids"]))
 

@@ -15,7 +15,7 @@ import logging
 import re
 import sys
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -330,8 +330,14 @@ def _find_config(ckpt: Path) -> Path | None:
     return None
 
 
-def gan_eval_main(argv: Sequence[str]) -> int:
-    """``mmctx gan-eval``: see :data:`GAN_EVAL_HELP`. Exit 0, or 2 when it cannot run."""
+def gan_eval_main(argv: Sequence[str], build_from_config: Callable[[list[str]], Any]) -> int:
+    """``mmctx gan-eval``: see :data:`GAN_EVAL_HELP`. Exit 0, or 2 when it cannot run.
+
+    Args:
+        argv: The command's arguments.
+        build_from_config: Builds (not runs) the CLI's model, data and trainer from
+            ``mmctx fit``-style arguments; the conditions come from its data module.
+    """
     parser = argparse.ArgumentParser(
         prog="mmctx gan-eval",
         description=GAN_EVAL_HELP,
@@ -362,7 +368,7 @@ def gan_eval_main(argv: Sequence[str]) -> int:
                 f"{args.classifier}: classifies {clf_pre.image_channels}-channel images, the "
                 f"GAN draws {model.image_channels}-channel ones"
             )
-        batches, total = _eval_batches(args, overrides, model, pre)
+        batches, total = _eval_batches(args, overrides, model, pre, build_from_config)
     except (FileNotFoundError, CheckpointError, ValueError) as err:
         print(f"mmctx gan-eval: error: {err}", file=sys.stderr)
         return 2
@@ -383,7 +389,11 @@ def gan_eval_main(argv: Sequence[str]) -> int:
 
 
 def _eval_batches(
-    args: argparse.Namespace, overrides: list[str], model: MultimodalGAN, pre: Preprocess
+    args: argparse.Namespace,
+    overrides: list[str],
+    model: MultimodalGAN,
+    pre: Preprocess,
+    build_from_config: Callable[[list[str]], Any],
 ) -> tuple[Iterator[tuple[dict[str, Any], list[str]]], int]:
     """Labelled batches of the chosen conditions, with the conditioning modalities and image."""
     modalities = [*model.context.encoders, "image"]
@@ -401,15 +411,12 @@ def _eval_batches(
             raise ValueError(
                 f"no config.yaml beside {args.ckpt}: give --config (the GAN's YAML) or --manifest"
             )
-        from mmctx.cli import lightning_cli
-
         if not args.config:  # the fit's config.yaml also records `fit` arguments (ckpt_path, ...)
             saved = yaml.safe_load(configs[0].read_text(encoding="utf-8"))
             keep = ("seed_everything", "trainer", "model", "data", "optimizer", "lr_scheduler")
             configs = [yaml.safe_dump({k: v for k, v in saved.items() if k in keep})]
         argv = [a for c in configs for a in ("--config", str(c))] + overrides
-        cli = lightning_cli(argv, run=False, save_config_callback=None)
-        samples = cli.datamodule.dataset(args.split).samples
+        samples = build_from_config(argv).datamodule.dataset(args.split).samples
     unlabelled = [s.id for s in samples if s.label is None]
     if unlabelled:
         raise ValueError(

@@ -118,13 +118,13 @@ def test_attention_pool_follows_the_scores_and_skips_padding():
         pool="attention",
     )
     with torch.no_grad():
-        model.pool_score.weight.copy_(torch.tensor([[50.0, 0.0, 0.0, 0.0]]))
-        model.pool_score.bias.zero_()
+        model.fused.pool.score.weight.copy_(torch.tensor([[50.0, 0.0, 0.0, 0.0]]))
+        model.fused.pool.score.bias.zero_()
     feats = torch.zeros(1, 4, 4)
     feats[0, 1] = torch.tensor([1.0, 2.0, 3.0, 4.0])
     feats[0, 3] = torch.tensor([9.0, 9.0, 9.0, 9.0])  # padding: higher score, never used
     seq = FeatureSequence(feats, torch.tensor([[True, True, True, False]]))
-    torch.testing.assert_close(model.pooled(seq), feats[:, 1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(model.fused.pool(seq), feats[:, 1], atol=1e-6, rtol=0)
 
 
 def test_share_frame_cnn_ties_video_frames_to_the_image_cnn():

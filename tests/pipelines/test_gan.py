@@ -257,13 +257,13 @@ def test_generate_writes_one_png_per_sample_and_a_contact_sheet(fitted, demo_dir
 
 @pytest.mark.slow
 def test_gan_eval_prints_accuracy_and_diversity(fitted, tmp_path, capsys):
-    from mmctx.pipelines.generate import gan_eval_main
+    from mmctx.cli import main
 
     argv = sys.argv
     sys.argv = ["mmctx"]
     try:
-        code = gan_eval_main(
-            ["--ckpt", str(fitted["gan"]), "--classifier", str(fitted["judge"]),
+        code = main(
+            ["gan-eval", "--ckpt", str(fitted["gan"]), "--classifier", str(fitted["judge"]),
              "--n", "2", "--out", str(tmp_path)]  # no --config: the fit's config.yaml
         )  # fmt: skip
     finally:

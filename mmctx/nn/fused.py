@@ -1,0 +1,69 @@
+"""The fused model: encoders -> fusion -> backbone -> pooling, assembled in this one place.
+
+Every head uses it: the classifier's output layer, the GAN's conditioning, export, and any
+later head (distillation, retrieval). It is a plain ``nn.Module``; Lightning is not needed.
+
+Shape legend: b = batch, n = fused positions, d = model width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from torch import Tensor, nn
+
+from mmctx.features import FeatureSequence
+from mmctx.nn.backbones import FusionBackbone
+from mmctx.nn.fusion import MultimodalFusion
+from mmctx.nn.pooling import Pooling
+
+
+class FusedOutput(NamedTuple):
+    """What :class:`FusedModel` returns."""
+
+    sequence: FeatureSequence  # the backbone's output, (b, n, d) + mask
+    pooled: Tensor  # (b, d)
+
+
+class FusedModel(nn.Module):
+    """One multimodal embedding model: per-modality encoders, fusion, backbone, pooling.
+
+    Args:
+        encoders: One encoder per modality, keyed by modality name; each has ``modality``
+            (equal to its key) and ``out_dim`` (see ``mmctx.encoders.ModalityEncoder``).
+        backbone: The fusion backbone; its ``dim`` is the fused width.
+        pool: How the sequence becomes one vector (see :class:`~mmctx.nn.pooling.Pooling`).
+    """
+
+    def __init__(
+        self, encoders: Mapping[str, nn.Module], backbone: FusionBackbone, pool: str = "mean"
+    ) -> None:
+        super().__init__()
+        if not encoders:
+            raise ValueError("encoders is empty: configure at least one encoder")
+        for name, enc in encoders.items():
+            modality = getattr(enc, "modality", None)
+            if name != modality:
+                raise ValueError(f"encoders[{name!r}] is a {type(enc).__name__} for {modality!r}")
+        self.encoders = nn.ModuleDict(dict(encoders))
+        dims = {m: int(e.out_dim) for m, e in encoders.items()}
+        self.fusion = MultimodalFusion(dims, backbone.dim, modality_tokens=backbone.global_tokens)
+        self.backbone = backbone
+        self.pool = Pooling(pool, backbone.dim)
+        self.dim = backbone.dim
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modalities this model reads."""
+        return list(self.encoders)
+
+    def sequence(self, inputs: Mapping[str, Any]) -> FeatureSequence:
+        """The backbone's output ``(b, n, d)`` for a collated batch's ``inputs``."""
+        features = {m: enc(inputs[m]) for m, enc in self.encoders.items()}
+        return self.backbone(self.fusion(features))
+
+    def forward(self, inputs: Mapping[str, Any]) -> FusedOutput:
+        """The fused sequence and its pooled vector ``(b, d)``."""
+        seq = self.sequence(inputs)
+        return FusedOutput(seq, self.pool(seq))
