@@ -62,6 +62,7 @@ class Sample:
         return self.media.get(modality)
 
 
+_BOM = b"\xef\xbb\xbf"
 MAX_LINE_BYTES = 16 * 2**20  # a longer line is that row's error (read in bounded chunks)
 _ARRAY_HINT = (
     "the file is a JSON array, not JSON Lines: a manifest holds one JSON object per line "
@@ -97,15 +98,16 @@ def iter_lines(
                     ),
                 )
                 continue
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
+            if number == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM) :]
+            if not raw.strip():  # blank: JSON whitespace (and the other ASCII spaces) only
+                continue
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
                 yield number, ManifestError(f"{path}:{number}: invalid UTF-8 at byte {err.start}")
                 continue
-            if text.strip():
-                yield number, text
+            yield number, text
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -163,7 +165,11 @@ def iter_rows(
 def count_rows(path: Path) -> int:
     """Non-blank lines of a manifest (one quick pass, for progress bars)."""
     with open(path, "rb") as fh:
-        return sum(1 for raw in fh if raw.strip())
+        return sum(
+            1
+            for n, raw in enumerate(fh)
+            if (raw[len(_BOM) :] if n == 0 and raw.startswith(_BOM) else raw).strip()
+        )
 
 
 _paths = manifest_paths  # the old private name
@@ -197,6 +203,7 @@ def row_id(row: dict[str, Any], line: int) -> str:
 
 def _json_type(value: Any) -> str:
     names = {dict: "object", list: "array", str: "string", bool: "boolean", float: "number"}
+    names[type(None)] = "null"
     return names.get(type(value), "integer" if isinstance(value, int) else type(value).__name__)
 
 
