@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from mmctx.checkpoints import CheckpointError, data_settings, load_module
 from mmctx.data import Collate, ManifestDataset, Preprocess, SampleError
-from mmctx.data.manifest import LabelSpace, Sample, parse_row
+from mmctx.data.manifest import LabelSpace, Sample, parse_row, row_cause
+from mmctx.data.paths import UNCONFINED
 
 from .gan import MultimodalGAN, _rows
 from .gan_images import contact_sheet, write_png
@@ -125,10 +126,10 @@ def generate_main(argv: Sequence[str]) -> int:
         model, pre = load_gan(args.ckpt, args.device)
         if args.manifest:
             source = rows_from_manifest(args.manifest)
-            rows, base = list(source.rows), source.base
+            rows, base, data_root = list(source.rows), source.base, source.base
         else:
             row = row_from_arguments(args.text, args.image, args.audio, args.video, args.id)
-            rows, base = [(1, row)], Path.cwd()
+            rows, base, data_root = [(1, row)], Path.cwd(), UNCONFINED  # the user's own paths
     except (FileNotFoundError, CheckpointError) as err:
         print(f"mmctx generate: error: {err}", file=sys.stderr)
         return 2
@@ -137,9 +138,9 @@ def generate_main(argv: Sequence[str]) -> int:
         try:
             if isinstance(row, Exception):
                 raise row
-            samples.append(parse_row(row, line, base))
-        except ValueError as err:
-            errors.append(f"line {line}: {err}")
+            samples.append(parse_row(row, line, base, data_root=data_root, check_labels=False))
+        except Exception as err:  # noqa: BLE001 - one row never ends the run
+            errors.append(f"line {line}: {row_cause(err)}")
     out = Path(args.out)
     sheet_rows: list[Tensor] = []
     names: list[str] = []

@@ -19,6 +19,7 @@ of the model; memory holds a couple of batches whatever the number of samples.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -35,8 +36,16 @@ from lightning.fabric.utilities import move_data_to_device
 
 from mmctx.checkpoints import CheckpointError, data_settings, load_export, load_module
 from mmctx.data import Collate, ManifestDataset, Preprocess, SampleError
-from mmctx.data.manifest import count_rows, iter_rows, known_modalities, parse_row
+from mmctx.data.manifest import (
+    count_rows,
+    iter_rows,
+    known_modalities,
+    parse_row,
+    row_cause,
+    row_id,
+)
 from mmctx.data.modalities import resolve_modalities
+from mmctx.data.paths import UNCONFINED, confined_path
 from mmctx.io import Limits
 
 log = logging.getLogger(__name__)
@@ -61,10 +70,12 @@ class InputRows:
     base: Path
     total: int | None = None  # for the progress bar, when known
     ignored: tuple[str, ...] = ()  # files a folder held that are not inputs (hidden, folders)
+    root: Path | None = None  # paths must stay inside it (None: ``base``; UNCONFINED: any)
 
 
 def rows_from_manifest(path: str | os.PathLike[str]) -> InputRows:
-    """Stream the rows of a JSON Lines manifest (blank lines give no row)."""
+    """Stream the rows of a JSON Lines manifest (blank lines give no row); its paths are
+    confined to the manifest's folder unless ``predict_rows`` is given a ``root``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
@@ -113,7 +124,7 @@ def rows_from_folder(folder: str | os.PathLike[str]) -> InputRows:
                 row["text_path"] = row["text_path"][0] if "text_path" in row else None
                 yield position, {k: v for k, v in row.items() if v is not None}
 
-    return InputRows(rows(), folder, len(samples), tuple(ignored))
+    return InputRows(rows(), folder, len(samples), tuple(ignored), root=folder)
 
 
 def row_from_arguments(
@@ -137,19 +148,15 @@ def row_from_arguments(
 
 def check_inside_root(row: dict[str, Any], base: Path, root: Path, keys: Iterable[str]) -> None:
     """Raise ValueError if a path under ``keys`` of ``row`` resolves (symlinks followed)
-    outside ``root``. Only the path strings are looked at: nothing is opened or stat'ed
-    before the check. Inline text (the ``text`` key) is not a path and is not checked.
+    outside ``root``; nothing is opened. Kept for callers of the old API: parsing a row
+    (:func:`~mmctx.data.manifest.parse_row` with ``data_root``) does this check itself.
     """
-    root = root.resolve()
     for key in keys:
-        if key == "text":
-            continue
         value = row.get(key)
+        if key == "text" or value is None:
+            continue
         for p in value if isinstance(value, list) else [value]:
-            if isinstance(p, str) and p:
-                target = (base / p).resolve()
-                if not target.is_relative_to(root):
-                    raise ValueError(f"'{key}' path {p!r} leaves the data root {root}")
+            confined_path(p, key, base, root)
 
 
 class Predictor:
@@ -210,7 +217,7 @@ class Predictor:
     ) -> dict[str, Any]:
         """Predict one sample from inline text and file paths; returns its record."""
         row = row_from_arguments(text, image, audio, video)
-        rows = InputRows([(1, row)], Path.cwd(), 1)
+        rows = InputRows([(1, row)], Path.cwd(), 1, root=UNCONFINED)  # the caller's own paths
         return next(self.predict_rows(rows, batch_size=1, top_k=top_k, workers=0))
 
     def predict_rows(
@@ -229,15 +236,16 @@ class Predictor:
             batch_size: Samples per forward pass.
             top_k: Classes listed per record.
             workers: Decoding threads (0: decode in this thread).
-            root: When given, a path that leaves this folder is an error (checked before
-                anything is opened).
+            root: Folder every path must stay inside (default: ``inputs.root``, else the
+                folder of the manifest); a path that leaves it is that row's error, found
+                before anything is stat'ed or opened.
         """
         if batch_size < 1 or top_k < 1 or workers < 0:
             raise ValueError(
                 f"need batch_size >= 1, top_k >= 1, workers >= 0; got "
                 f"{batch_size}, {top_k}, {workers}"
             )
-        root_path = Path(root) if root is not None else None
+        root_path = Path(root) if root is not None else (inputs.root or inputs.base)
         pool = ThreadPoolExecutor(workers) if workers else None
         try:
             pending: list[tuple[list[dict[str, Any]], list, list]] = []
@@ -252,9 +260,10 @@ class Predictor:
                 pool.shutdown(cancel_futures=True)
 
     def _start(
-        self, chunk: list[Row], base: Path, root: Path | None, pool: ThreadPoolExecutor | None
+        self, chunk: list[Row], base: Path, root: Path, pool: ThreadPoolExecutor | None
     ) -> tuple[list[dict[str, Any]], list, list]:
-        """Parse the rows of a batch and start decoding the good ones."""
+        """Parse the rows of a batch (paths confined to ``root``) and start decoding the
+        good ones; any exception while parsing a row becomes that row's error record."""
         records, samples = [], []
         for line, row in chunk:
             record = {"line": line, "id": None, "status": "error", "error": None}
@@ -263,15 +272,15 @@ class Predictor:
                 if isinstance(row, Exception):
                     record["id"] = getattr(row, "sample_id", None)
                     raise row
-                if isinstance(row, dict) and "id" in row:
-                    record["id"] = str(row["id"])
-                if root is not None and isinstance(row, dict):
-                    check_inside_root(row, base, root, self._manifest_keys)
-                sample = parse_row(row, line, base, modalities=self.modalities)
-            except ValueError as err:
-                record["error"] = (
-                    str(err) if str(err).startswith(str(base)) else f"line {line}: {err}"
+                if isinstance(row, dict):
+                    with contextlib.suppress(ValueError):  # a bad id is the parse's error
+                        record["id"] = None if "id" not in row else row_id(row, line)
+                sample = parse_row(
+                    row, line, base, modalities=self.modalities, data_root=root, check_labels=False
                 )
+            except Exception as err:  # noqa: BLE001 - one row never ends the run
+                cause = row_cause(err)
+                record["error"] = cause if cause.startswith(str(base)) else f"line {line}: {cause}"
                 continue
             record["id"] = sample.id
             samples.append((record, sample))
@@ -426,7 +435,7 @@ def infer_main(argv: list[str]) -> int:
             inputs = rows_from_folder(args.folder)
         elif any(v is not None for v in single):
             row = row_from_arguments(args.text, args.image, args.audio, args.video, args.id)
-            inputs = InputRows([(1, row)], Path.cwd(), 1)
+            inputs = InputRows([(1, row)], Path.cwd(), 1, root=UNCONFINED)
         else:
             parser.error("nothing to predict on: give --manifest, --folder or --text/--image/...")
         predictor = (

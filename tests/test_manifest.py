@@ -83,8 +83,9 @@ def test_label_space_inference():
     assert LabelSpace.infer([2, 0, None]).classes == ["0", "1", "2"]
     names = LabelSpace.infer(["dog", "cat", "dog"])
     assert names.classes == ["cat", "dog"] and names.encode("dog") == 1
-    multi = LabelSpace.infer([["cat", "dog"], "cat"])
+    multi = LabelSpace.infer([["cat", "dog"], ["cat"], []])
     assert multi.multilabel and multi.encode(["dog", "cat", "dog"]) == [0, 1]
+    assert LabelSpace.infer([2.0, 1]).classes == ["0", "1", "2"]  # a whole float is an index
     given = LabelSpace.infer(["b"], classes=["b", "a"])
     assert given.encode("a") == 1 and given.encode(0) == 0
 

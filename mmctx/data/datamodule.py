@@ -26,7 +26,7 @@ from mmctx.data.dataset import (
     drop_modalities,
     estimate_length,
 )
-from mmctx.data.manifest import LabelSpace, Sample, read_manifest
+from mmctx.data.manifest import LabelSpace, ManifestError, Sample, read_manifest
 from mmctx.data.modalities import (
     BUILTIN,
     AudioModality,
@@ -57,6 +57,11 @@ class MultimodalDataModule(L.LightningDataModule):
         val_fraction: Share of training rows held out when there is no ``val_manifest``.
         split_seed: Seed of that split.
         classes: Class names in index order; inferred from the labels when not given.
+        multilabel: Multi-label (True) or single-label (False) data; None: multi-label only
+            if every labelled row is a list. A label that does not fit the one label space
+            (see :meth:`~mmctx.data.manifest.LabelSpace.infer`) is a skipped, reported row.
+        root: Folder every manifest path must stay inside (default: each manifest's own
+            folder); a path that leaves it is a skipped, reported row.
         modalities: Modalities to load (default: the built-ins text, image, audio, video).
             Each is a registered name (built-ins, :func:`~mmctx.data.modalities.register_modality`,
             or the ``mmctx.data.modalities`` entry points of installed plugins) or a
@@ -95,6 +100,8 @@ class MultimodalDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         split_seed: int = 0,
         classes: list[str] | None = None,
+        multilabel: bool | None = None,
+        root: str | None = None,
         modalities: list[str | Modality] | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
@@ -131,6 +138,8 @@ class MultimodalDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.classes = classes
+        self.multilabel_setting = multilabel
+        self.root = root
         self.modalities = tuple(m.name for m in self.modality_handlers)
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -194,10 +203,14 @@ class MultimodalDataModule(L.LightningDataModule):
             if path is None:
                 continue
             samples, problems = read_manifest(
-                self._resolve(path), strict=self.strict, modalities=self.modality_handlers
+                self._resolve(path),
+                strict=self.strict,
+                modalities=self.modality_handlers,
+                root=None if self.root is None else self._resolve(self.root),
             )
             self.skipped.extend(problems)
             splits[split] = samples
+        self._label_space = self._check_labels(splits)
         if "train" in splits and "val" not in splits and self.val_fraction > 0:
             splits["train"], splits["val"] = self._hold_out(splits["train"])
         return splits
@@ -215,12 +228,58 @@ class MultimodalDataModule(L.LightningDataModule):
             s for i, s in enumerate(samples) if i in val
         ]
 
-    @cached_property
+    def _check_labels(self, splits: dict[str, list[Sample]]) -> LabelSpace | ValueError:
+        """The one label space of every split; rows whose label does not fit are removed
+        from ``splits`` and reported (or raised, in strict mode). Predict rows do not
+        shape the space but are checked against it."""
+        # SPLITS order: the train/val/test labels (which shape the space) come first
+        labelled = [s for split in SPLITS for s in splits.get(split, []) if s.label is not None]
+        n_shaping = len(labelled) - sum(s.label is not None for s in splits.get("predict", []))
+        shaping_labels = [s.label for s in labelled[:n_shaping]]
+        problems: dict[int, str] = {}
+        try:
+            space = LabelSpace.infer(
+                shaping_labels,
+                self.classes,
+                multilabel=self.multilabel_setting,
+                on_error=problems.setdefault,
+            )
+        except ValueError as err:  # no usable label at all: only a predict-only module works
+            return err
+        for i, sample in enumerate(labelled[n_shaping:], start=n_shaping):
+            try:
+                space.encode(sample.label)
+            except ValueError as err:
+                problems[i] = str(err)
+        bad = {id(labelled[i]): message for i, message in problems.items()}
+        if not bad:
+            return space
+        for split, samples in splits.items():
+            kept = []
+            for sample in samples:
+                if id(sample) not in bad:
+                    kept.append(sample)
+                    continue
+                message = f"{sample.source}:{sample.line}: {bad[id(sample)]}"
+                if self.strict:
+                    raise ManifestError(message)
+                self.skipped.append(message)
+                log.warning("skipped %s", message)
+            splits[split] = kept
+        log.warning("skipped %d rows whose label does not fit the label space", len(bad))
+        return space
+
+    @property
     def label_space(self) -> LabelSpace:
-        labelled = [
-            s.label for split in ("train", "val", "test") for s in self._splits.get(split, [])
-        ]
-        return LabelSpace.infer(labelled, self.classes)
+        """The one label space of the data (see :meth:`LabelSpace.infer`).
+
+        Raises:
+            ValueError: No manifest has a usable label and ``classes`` is not given.
+        """
+        self._splits  # noqa: B018 - reading the manifests decides the space
+        if isinstance(self._label_space, ValueError):
+            raise ValueError(str(self._label_space))
+        return self._label_space
 
     @property
     def class_names(self) -> list[str]:

@@ -41,6 +41,7 @@ import soundfile as sf
 import torch
 from torch import Tensor
 
+from mmctx.data.paths import confined_path, short_repr
 from mmctx.data.preprocess import Preprocess
 from mmctx.io import check_text, read_audio, read_image, read_text, read_video
 
@@ -67,19 +68,39 @@ ENTRY_POINT_GROUPS = ("mmctx.encoders", "mmctx.data.modalities")
 MODALITY_GROUP = "mmctx.data.modalities"
 
 
-def manifest_paths(value: Any, key: str, root: Path) -> list[Path]:
+def manifest_paths(
+    value: Any, key: str, root: Path, *, data_root: Path | None = None
+) -> list[Path]:
     """A manifest value that is a path or a list of paths, resolved against ``root``.
 
+    Every path is confined to ``data_root`` (see :func:`mmctx.data.paths.confined_path`)
+    before anything is stat'ed.
+
+    Args:
+        value: The manifest value.
+        key: Its key, for messages.
+        root: Folder that relative paths start from.
+        data_root: Folder the paths must stay inside (default ``root``;
+            :data:`mmctx.data.paths.UNCONFINED` allows any).
+
     Raises:
-        ValueError: Not a path or a non-empty list of them, or a file is missing.
+        ValueError: Not a path or a non-empty list of them, a path leaves ``data_root``,
+            or a file is missing.
     """
     items = value if isinstance(value, list) else [value]
     if not items or not all(isinstance(p, str) and p for p in items):
-        raise ValueError(f"'{key}' must be a path or a non-empty list of paths, got {value!r}")
-    paths = [root / p for p in items]
+        raise ValueError(
+            f"'{key}' must be a path or a non-empty list of paths, got {short_repr(value)}"
+        )
+    paths = [confined_path(p, key, root, data_root) for p in items]
     for p in paths:
-        if not p.is_file():
-            what = "is not a regular file" if p.exists() else "file not found"
+        try:
+            is_file = p.is_file()
+            exists = is_file or p.exists()
+        except (OSError, ValueError) as err:  # ENAMETOOLONG, EACCES, ...
+            raise ValueError(f"'{key}' cannot be checked: {p} ({err})") from None
+        if not is_file:
+            what = "is not a regular file" if exists else "file not found"
             raise ValueError(f"'{key}' {what}: {p}")
     return paths
 
@@ -100,16 +121,23 @@ class Modality:
         """The manifest keys this modality reads (for messages); default ``(name,)``."""
         return (self.name,)
 
-    def parse(self, row: dict[str, Any], root: Path) -> Any | None:
+    def parse(
+        self, row: dict[str, Any], root: Path, *, data_root: Path | None = None
+    ) -> Any | None:
         """This modality's value in a manifest row, or None when the row has none.
 
-        The default reads ``row[name]`` as a path or list of paths relative to ``root``.
+        The default reads ``row[name]`` as a path or list of paths relative to ``root``,
+        confined to ``data_root`` (see :func:`manifest_paths`). An override that reads
+        paths should accept ``data_root`` and pass it to :func:`manifest_paths`; one that
+        does not accept it has its paths confined to ``root`` (the manifest's folder).
 
         Raises:
-            ValueError: The value is malformed or names a missing file.
+            ValueError: The value is malformed, leaves the data root or names a missing file.
         """
         value = row.get(self.name)
-        return None if value is None else manifest_paths(value, self.name, root)
+        return (
+            None if value is None else manifest_paths(value, self.name, root, data_root=data_root)
+        )
 
     def load(self, value: Any, pre: Preprocess) -> Any:
         """Decode and preprocess one sample's value (raise ``DecodeError`` naming the file)."""
@@ -190,7 +218,9 @@ class TextModality(Modality):
     name = "text"
     keys = ("text", "text_path")  # type: ignore[assignment]
 
-    def parse(self, row: dict[str, Any], root: Path) -> str | Path | None:
+    def parse(
+        self, row: dict[str, Any], root: Path, *, data_root: Path | None = None
+    ) -> str | Path | None:
         if "text" in row and "text_path" in row:
             raise ValueError("give 'text' or 'text_path', not both")
         if "text" in row:
@@ -198,7 +228,10 @@ class TextModality(Modality):
                 raise ValueError(f"'text' must be a string, got {type(row['text']).__name__}")
             return row["text"]
         if "text_path" in row:
-            return manifest_paths(row["text_path"], "text_path", root)[0]
+            value = row["text_path"]
+            if not isinstance(value, str):
+                raise ValueError(f"'text_path' must be one path, got {short_repr(value)}")
+            return manifest_paths(value, "text_path", root, data_root=data_root)[0]
         return None
 
     def load(self, value: str | Path, pre: Preprocess) -> str:

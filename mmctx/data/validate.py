@@ -19,8 +19,8 @@ from typing import Any
 
 import soundfile as sf
 
-from mmctx.data.manifest import count_rows, iter_rows, parse_row
-from mmctx.io import DEFAULT_LIMITS, DecodeError, Limits, read_audio, read_image, read_text
+from mmctx.data.manifest import LabelSpace, count_rows, iter_rows, parse_row, row_error
+from mmctx.io import DEFAULT_LIMITS, Limits, read_audio, read_image, read_text
 
 # What is measured per modality, and in which unit.
 UNITS = {
@@ -120,16 +120,37 @@ def _measure(sample: Any, limits: Limits) -> dict[str, list[float]]:
 
 
 def validate_manifest(
-    path: str | Path, *, limits: Limits = DEFAULT_LIMITS, progress: bool = False
+    path: str | Path,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    progress: bool = False,
+    root: str | Path | None = None,
+    classes: Sequence[str] | None = None,
+    multilabel: bool | None = None,
 ) -> DataReport:
-    """Parse every row and decode every file of a manifest; never raises for bad data."""
+    """Parse every row and decode every file of a manifest, in one pass; never raises for
+    bad data. Each problem training would hit (a bad line, a path outside the root, a
+    file that does not decode, a label that does not fit the label space) is reported
+    once per row as ``"<path>: line <n>: <cause>"``, in line order.
+
+    Args:
+        path: The manifest.
+        limits: Decode limits, as in training.
+        progress: Show a progress bar.
+        root: Folder the paths must stay inside (default: the manifest's folder).
+        classes: Class names in index order, as ``data.classes`` (default: inferred).
+        multilabel: As ``data.multilabel`` (None: multi-label only if every labelled row
+            is a list); see :meth:`~mmctx.data.manifest.LabelSpace.infer`.
+    """
     from tqdm import tqdm
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
+    data_root = Path(root).expanduser() if root is not None else path.parent
     report = DataReport(str(path))
-    first_line: dict[str, int] = {}
+    problems: list[tuple[int, str]] = []
+    good: list[tuple[Any, dict[str, list[float]]]] = []
     total = count_rows(path) if progress else None
     for line, row in tqdm(
         iter_rows(path), total=total, desc="validate", unit="row", disable=not progress
@@ -138,23 +159,50 @@ def validate_manifest(
         try:
             if isinstance(row, Exception):
                 raise row
-            sample = parse_row(row, line, path.parent)
-            sizes = _measure(sample, limits)
-        except (ValueError, DecodeError) as err:
-            message = str(err)
-            report.problems.append(
-                message if message.startswith(str(path)) else f"line {line}: {message}"
+            sample = parse_row(row, line, path.parent, data_root=data_root)
+            good.append((sample, _measure(sample, limits)))
+        except Exception as err:  # noqa: BLE001 - one row never ends the run
+            problems.append((line, _message(path, line, err)))
+    label_problems: dict[int, str] = {}
+    labelled = [s for s, _ in good if s.label is not None]
+    space = None
+    if labelled or classes:
+        try:
+            space = LabelSpace.infer(
+                [s.label for s in labelled],
+                classes,
+                multilabel=multilabel,
+                on_error=label_problems.setdefault,
             )
+        except ValueError:
+            space = None  # no usable label: each row's own problem says why
+    bad_labels = {labelled[i].line: message for i, message in label_problems.items()}
+    first_line: dict[str, int] = {}
+    for sample, sizes in good:
+        if sample.line in bad_labels:
+            message = f"{path}: line {sample.line}: {bad_labels[sample.line]}"
+            problems.append((sample.line, message))
             continue
         if sample.id in first_line:
-            report.duplicate_ids.setdefault(sample.id, [first_line[sample.id]]).append(line)
-        first_line.setdefault(sample.id, line)
+            report.duplicate_ids.setdefault(sample.id, [first_line[sample.id]]).append(sample.line)
+        first_line.setdefault(sample.id, sample.line)
         for modality, values in sizes.items():
             report.presence[modality] += 1
             report.sizes.setdefault(modality, []).extend(values)
-        labels = sample.label if isinstance(sample.label, list) else [sample.label]
-        report.labels.update(str(lab) for lab in labels if lab is not None)
+        if sample.label is not None and space is not None:
+            encoded = space.encode(sample.label)
+            report.labels.update(
+                space.classes[i] for i in (encoded if isinstance(encoded, list) else [encoded])
+            )
+    report.problems = [message for _, message in sorted(problems, key=lambda p: p[0])]
     return report
+
+
+def _message(path: Path, line: int, err: BaseException) -> str:
+    """``"<path>: line <n>: <cause>"`` for the problem of one row."""
+    message, prefix = str(row_error(path, line, err)), f"{path}:{line}: "
+    cause = message[len(prefix) :] if message.startswith(prefix) else message
+    return f"{path}: line {line}: {cause}"
 
 
 def main(argv: Sequence[str]) -> int:
@@ -176,6 +224,22 @@ def main(argv: Sequence[str]) -> int:
         "--max-audio-seconds", type=float, default=DEFAULT_LIMITS.max_audio_seconds,
         help="default: %(default)s",
     )  # fmt: skip
+    parser.add_argument(
+        "--root",
+        help="folder the manifest's paths must stay inside (default: each manifest's folder)",
+    )
+    parser.add_argument(
+        "--classes", nargs="+", help="class names in index order (default: inferred)"
+    )
+    label_kind = parser.add_mutually_exclusive_group()
+    label_kind.add_argument(
+        "--multilabel", action="store_const", const=True, dest="multilabel",
+        help="multi-label data (default: multi-label only if every labelled row is a list)",
+    )  # fmt: skip
+    label_kind.add_argument(
+        "--single-label", action="store_const", const=False, dest="multilabel",
+        help="single-label data: a list label is that row's problem",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     limits = Limits(
@@ -184,8 +248,15 @@ def main(argv: Sequence[str]) -> int:
     reports = []
     for manifest in args.manifest:
         try:
-            report = validate_manifest(manifest, limits=limits, progress=not args.no_progress)
-        except FileNotFoundError as err:
+            report = validate_manifest(
+                manifest,
+                limits=limits,
+                progress=not args.no_progress,
+                root=args.root,
+                classes=args.classes,
+                multilabel=args.multilabel,
+            )
+        except (FileNotFoundError, ValueError) as err:
             print(f"mmctx validate-data: error: {err}", file=sys.stderr)
             return 2
         print(report.text())

@@ -87,6 +87,7 @@ class DigitsDataModule(MultimodalDataModule):
             test_speakers=test_speakers or ["theo"],
             seed=seed,
         )
+        self.root = self.root or str(Path(root).resolve())  # the manifests point into root
         self.use_generated(paths)
 
 
