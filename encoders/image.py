@@ -76,6 +76,11 @@ class ImageCNNEncoder(ModalityEncoder):
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
         self.in_channels = in_channels
+        if arch == "small" and weights_path is not None:
+            raise ValueError(
+                f"weights_path={weights_path!r} loads a torchvision trunk; arch='small' is trained "
+                "from scratch (name a torchvision arch such as 'resnet18', or drop weights_path)"
+            )
         if arch == "small":
             self.trunk = nn.Sequential(
                 _conv_block(in_channels, width),

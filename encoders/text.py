@@ -67,16 +67,19 @@ class TextTransformerEncoder(ModalityEncoder):
         freeze: bool = False,
     ) -> None:
         super().__init__()
+        for name, value in (("window", window), ("stride", stride)):
+            if value is not None and (isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be >= 1 or null (the default), got {value!r}")
         self.max_tokens = max_tokens
         self.hf_model: nn.Module | None = None
         if pretrained is not None:
             self._load_pretrained(pretrained, freeze)
             limit = getattr(self.hf_model.config, "max_position_embeddings", max_tokens + 2) - 2
-            self.window = window or min(limit, max_tokens)
+            self.window = min(limit, max_tokens) if window is None else window
         else:
-            self.window = window or max_tokens
+            self.window = max_tokens if window is None else window
             self._build(dim, depth, heads, vocab_size, max_tokens, dropout)
-        self.stride = stride or max(1, self.window * 3 // 4)
+        self.stride = max(1, self.window * 3 // 4) if stride is None else stride
         if not 0 < self.stride <= self.window:
             raise ValueError(f"stride must be in 1..window ({self.window}), got {stride}")
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import signal
-import struct
-import zlib
 from pathlib import Path
 
 import cv2
@@ -14,7 +11,15 @@ import pytest
 import soundfile as sf
 import torch
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` skip on a machine without CUDA."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
@@ -38,13 +43,6 @@ def media_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def write_manifest(path: Path, rows: list[dict | str]) -> Path:
-    """Write rows (dicts as JSON, strings verbatim) one per line."""
-    lines = [r if isinstance(r, str) else json.dumps(r) for r in rows]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small demo dataset (shared by the tests of one session)."""
@@ -53,22 +51,6 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "data"
     make_demo_dataset(out, DemoSpec(num_samples=240, seed=1))
     return out
-
-
-def png_header_only(path: Path, width: int, height: int) -> Path:
-    """Write a tiny PNG whose header declares width x height but holds almost no pixel data."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-    )
-    return path
 
 
 @pytest.fixture

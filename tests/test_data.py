@@ -4,7 +4,7 @@ import torch
 
 from mmctx.data import Collate, ManifestDataset, Preprocess, SampleError
 from mmctx.data.manifest import LabelSpace, read_manifest
-from tests.conftest import write_manifest
+from tests.helpers import write_manifest
 
 PRE = Preprocess(image_size=16, image_channels=3, sample_rate=8000)
 MODS = ("text", "image", "audio")

@@ -2,7 +2,7 @@ import pytest
 
 from mmctx.data import estimate_length
 from mmctx.data.datamodule import MultimodalDataModule
-from tests.conftest import write_manifest
+from tests.helpers import write_manifest
 
 
 def test_labels_split_and_loaders(demo_dir):

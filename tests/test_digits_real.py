@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mmctx.datasets.digits import make_digits_manifests
-from tests.conftest import SHARED_DATA
+from tests.helpers import SHARED_DATA
 
 pytestmark = pytest.mark.skipif(
     not (SHARED_DATA / "fsdd").is_dir(), reason=f"{SHARED_DATA} is absent"

@@ -20,7 +20,7 @@ from mmctx.io import (
     read_image,
     read_text,
 )
-from tests.conftest import png_header_only
+from tests.helpers import png_header_only
 
 BOM = b"\xef\xbb\xbf"
 

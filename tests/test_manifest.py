@@ -3,7 +3,7 @@ import json
 import pytest
 
 from mmctx.data.manifest import LabelSpace, ManifestError, read_manifest
-from tests.conftest import write_manifest
+from tests.helpers import write_manifest
 
 
 def test_rows_resolve_paths_and_keep_absent_modalities(media_dir):

@@ -25,7 +25,7 @@ from mmctx.data.modalities import (
     register_modality,
     resolve_modalities,
 )
-from tests.conftest import write_manifest
+from tests.helpers import write_manifest
 
 PRE = Preprocess(image_size=16, image_channels=3, sample_rate=8000, video_max_frames=16)
 LEVELS = [20 * k + 30 for k in range(8)]  # the grey level of each frame written

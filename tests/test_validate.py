@@ -10,7 +10,7 @@ import soundfile as sf
 
 from mmctx.cli import main
 from mmctx.data.validate import validate_manifest
-from tests.conftest import write_manifest
+from tests.helpers import write_manifest
 
 
 def _dataset(tmp_path):

@@ -318,6 +318,8 @@ def test_demo_datamodule_passes_video_frames_through(tmp_path):
     from mmctx.datasets.modules import DemoDataModule
 
     dm = DemoDataModule(num_samples=10, cache_dir=str(tmp_path / "d"), video_frames=3)
+    assert not (tmp_path / "d").exists(), "data is written by prepare_data, not __init__"
+    dm.prepare_data()
     assert json.loads((tmp_path / "d" / "COMPLETE").read_text())["video_frames"] == 3
     assert all("video" in r for r in _rows(tmp_path / "d"))
     assert dm.manifests["train"] == str(tmp_path / "d" / "train.jsonl")

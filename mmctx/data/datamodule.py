@@ -145,7 +145,6 @@ class MultimodalDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.strict = strict
         self.max_tokens_per_batch = max_tokens_per_batch
-        self.length_rates = (tokens_per_audio_second, tokens_per_image)
         self.preprocess = Preprocess(
             image_size,
             image_channels,
@@ -195,9 +194,17 @@ class MultimodalDataModule(L.LightningDataModule):
         self.manifests.update({split: str(paths[split]) for split in ("train", "val", "test")})
         self.manifests["predict"] = self.manifests["predict"] or self.manifests["test"]
 
+    def prepare_data(self) -> None:
+        """Nothing to write for manifests on disk; the built-in datasets generate theirs here."""
+
+    def setup(self, stage: str) -> None:
+        """Read and check the manifests (once; later calls reuse them)."""
+        self._splits  # noqa: B018
+
     @cached_property
     def _splits(self) -> dict[str, list[Sample]]:
         """Parsed rows of every split (read once, on first use)."""
+        self.prepare_data()  # a no-op unless the data is generated and not there yet
         splits: dict[str, list[Sample]] = {}
         for split, path in self.manifests.items():
             if path is None:
@@ -276,6 +283,8 @@ class MultimodalDataModule(L.LightningDataModule):
         Raises:
             ValueError: No manifest has a usable label and ``classes`` is not given.
         """
+        if "_splits" not in self.__dict__ and self.classes and self.multilabel_setting is not None:
+            return LabelSpace(self.classes, self.multilabel_setting)  # known before any reading
         self._splits  # noqa: B018 - reading the manifests decides the space
         if isinstance(self._label_space, ValueError):
             raise ValueError(str(self._label_space))

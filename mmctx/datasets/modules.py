@@ -20,6 +20,18 @@ def default_cache_dir() -> Path:
     return Path(root)
 
 
+def split_manifests(folder: Path) -> dict[str, Path]:
+    """Where a generated dataset keeps the manifest of each split."""
+    return {split: folder / f"{split}.jsonl" for split in ("train", "val", "test")}
+
+
+def _digits_by_default(data: MultimodalDataModule) -> None:
+    """The built-in datasets are single-label digits: known before any file is written."""
+    data.classes = data.classes or [str(d) for d in range(10)]
+    if data.multilabel_setting is None:
+        data.multilabel_setting = False
+
+
 class DemoDataModule(MultimodalDataModule):
     """The built-in tri-modal digits data, generated once into a cache folder.
 
@@ -44,15 +56,21 @@ class DemoDataModule(MultimodalDataModule):
         video_frames: int = 0,
         **kwargs,
     ) -> None:
-        from mmctx.datasets.demo import DemoSpec, make_demo_dataset
+        from mmctx.datasets.demo import DemoSpec
 
         super().__init__(**kwargs)
-        spec = DemoSpec(num_samples=num_samples, seed=seed, video_frames=video_frames)
+        _digits_by_default(self)
+        self.spec = DemoSpec(num_samples=num_samples, seed=seed, video_frames=video_frames)
         name = f"demo-n{num_samples}-s{seed}" + (f"-v{video_frames}" if video_frames else "")
-        folder = Path(cache_dir) if cache_dir else default_cache_dir() / name
-        paths = make_demo_dataset(folder, spec, progress=True)
-        self.use_generated(paths)
-        log.info("demo data in %s", folder)
+        self.folder = Path(cache_dir) if cache_dir else default_cache_dir() / name
+        self.use_generated(split_manifests(self.folder))
+
+    def prepare_data(self) -> None:
+        """Write the dataset into ``folder`` unless it is there already (rank 0 only)."""
+        from mmctx.datasets.demo import make_demo_dataset
+
+        make_demo_dataset(self.folder, self.spec, progress=True)
+        log.info("demo data in %s", self.folder)
 
 
 class DigitsDataModule(MultimodalDataModule):
@@ -76,19 +94,22 @@ class DigitsDataModule(MultimodalDataModule):
         cache_dir: str | None = None,
         **kwargs,
     ) -> None:
+        super().__init__(**kwargs)
+        _digits_by_default(self)
+        self.data_folder, self.seed = root, seed
+        self.speakers = (val_speakers or ["nicolas"], test_speakers or ["theo"])
+        self.folder = Path(cache_dir) if cache_dir else default_cache_dir() / f"digits-s{seed}"
+        self.root = self.root or str(Path(root).resolve())  # the manifests point into root
+        self.use_generated(split_manifests(self.folder))
+
+    def prepare_data(self) -> None:
+        """Pair the recordings with images into manifests in ``folder`` (rank 0 only)."""
         from mmctx.datasets.digits import make_digits_manifests
 
-        super().__init__(**kwargs)
-        folder = Path(cache_dir) if cache_dir else default_cache_dir() / f"digits-s{seed}"
-        paths = make_digits_manifests(
-            root,
-            folder,
-            val_speakers=val_speakers or ["nicolas"],
-            test_speakers=test_speakers or ["theo"],
-            seed=seed,
+        val, test = self.speakers
+        make_digits_manifests(
+            self.data_folder, self.folder, val_speakers=val, test_speakers=test, seed=self.seed
         )
-        self.root = self.root or str(Path(root).resolve())  # the manifests point into root
-        self.use_generated(paths)
 
 
 class LongContextDataModule(MultimodalDataModule):
@@ -117,11 +138,12 @@ class LongContextDataModule(MultimodalDataModule):
         cache_dir: str | None = None,
         **kwargs,
     ) -> None:
-        from mmctx.datasets.longctx import LongSpec, make_longctx_dataset
+        from mmctx.datasets.longctx import LongSpec
 
         super().__init__(**kwargs)
+        _digits_by_default(self)
         generated = tuple(modalities_generated or ("text", "audio"))
-        spec = LongSpec(
+        self.spec = LongSpec(
             num_samples=num_samples,
             seed=seed,
             audio_seconds=audio_seconds,
@@ -129,8 +151,11 @@ class LongContextDataModule(MultimodalDataModule):
             modalities=generated,
         )
         name = f"long-n{num_samples}-s{seed}-a{audio_seconds:g}-w{text_words}-{'+'.join(generated)}"
-        self.use_generated(
-            make_longctx_dataset(
-                Path(cache_dir) if cache_dir else default_cache_dir() / name, spec, progress=True
-            )
-        )
+        self.folder = Path(cache_dir) if cache_dir else default_cache_dir() / name
+        self.use_generated(split_manifests(self.folder))
+
+    def prepare_data(self) -> None:
+        """Write the dataset into ``folder`` unless it is there already (rank 0 only)."""
+        from mmctx.datasets.longctx import make_longctx_dataset
+
+        make_longctx_dataset(self.folder, self.spec, progress=True)

@@ -86,8 +86,9 @@ class DenseAttention(_SelfAttention):
         mask: Tensor,
         memory: Tensor | None = None,
         memory_mask: Tensor | None = None,
-        **_: Any,
+        globals: Tensor | None = None,
     ) -> Tensor:
+        """``globals`` is accepted for a common signature: dense attention sees everything."""
         q, k, v = self.split(x)  # (b, h, n, e)
         keep = mask
         if memory is not None:
@@ -124,7 +125,16 @@ class SlidingWindowAttention(_SelfAttention):
             raise ValueError(f"window must be >= 0, got {window}")
         self.window = window
 
-    def forward(self, x: Tensor, mask: Tensor, globals: Tensor | None = None, **_: Any) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor,
+        globals: Tensor | None = None,
+        memory: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+    ) -> Tensor:
+        if memory is not None:
+            raise ValueError("sliding-window attention keeps no segment memory")
         q, k, v = self.split(x)  # (b, h, n, e)
         q, k = self.rotate(q, k)
         y = sliding_window_attention(

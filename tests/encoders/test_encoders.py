@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from mmctx.encoders import AudioRNNEncoder, ImageCNNEncoder, ModalityEncoder, TextTransformerEncoder
+import mmctx.encoders
+from mmctx.encoders import (
+    AudioRNNEncoder,
+    ImageCNNEncoder,
+    ModalityEncoder,
+    TextTransformerEncoder,
+    VideoCNNEncoder,
+)
 from mmctx.encoders.text import encode_in_windows
 
 
@@ -26,21 +33,41 @@ def audio_batch():
     return {"waveform": wave, "lengths": lengths, "sample_rate": 8000}
 
 
+def video_batch():
+    frames = torch.randint(0, 256, (3, 4, 1, 16, 16), dtype=torch.uint8)
+    return {"frames": frames, "mask": torch.tensor([[1, 1, 1, 0], [0, 0, 0, 0], [1, 0, 0, 0]]) > 0}
+
+
+# A tiny variant of every encoder mmctx.encoders exports, with a batch of its modality.
 TINY = {
-    "text": (lambda: TextTransformerEncoder(dim=16, depth=1, heads=2, vocab_size=64), text_batch),
-    "image": (lambda: ImageCNNEncoder(out_dim=16, in_channels=1, width=4), image_batch),
-    "audio": (
+    TextTransformerEncoder: (
+        lambda: TextTransformerEncoder(dim=16, depth=1, heads=2, vocab_size=64),
+        text_batch,
+    ),
+    ImageCNNEncoder: (lambda: ImageCNNEncoder(out_dim=16, in_channels=1, width=4), image_batch),
+    AudioRNNEncoder: (
         lambda: AudioRNNEncoder(sample_rate=8000, n_mels=16, hidden_dim=8, num_layers=1),
         audio_batch,
     ),
+    VideoCNNEncoder: (lambda: VideoCNNEncoder(out_dim=16, in_channels=1, width=4), video_batch),
 }
+EXPORTED = sorted(
+    (
+        obj
+        for obj in vars(mmctx.encoders).values()
+        if isinstance(obj, type) and issubclass(obj, ModalityEncoder) and obj is not ModalityEncoder
+    ),
+    key=lambda cls: cls.__name__,
+)
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
-def test_shapes_masks_and_gradients(name):
-    make, batch_fn = TINY[name]
+@pytest.mark.parametrize("cls", EXPORTED, ids=[c.__name__ for c in EXPORTED])
+def test_shapes_masks_and_gradients(cls):
+    assert cls in TINY, f"add a tiny {cls.__name__} and a batch for it to TINY"
+    make, batch_fn = TINY[cls]
     enc = make()
-    assert isinstance(enc, ModalityEncoder) and enc.modality == name
+    name = enc.modality
+    assert isinstance(enc, cls)
     seq = enc(batch_fn()).check(name)
     assert seq.features.shape[0] == 3 and seq.features.shape[2] == enc.out_dim
     assert not seq.mask[1].any(), "an absent sample must be fully masked"
@@ -218,3 +245,17 @@ def test_audio_batch_without_audio_or_shorter_than_a_window(width):
     seq = enc({"waveform": torch.ones(2, width) * 0.1, "lengths": lengths, "sample_rate": 8000})
     assert not seq.mask[0].any() and torch.isfinite(seq.features).all()
     assert seq.mask[1].any() == (width > 1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"window": 0}, "window must be >= 1"), ({"stride": 0}, "stride must be >= 1")],
+)
+def test_text_window_and_stride_zero_are_errors_not_defaults(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TextTransformerEncoder(dim=16, depth=1, heads=2, **kwargs)
+
+
+def test_weights_path_with_the_small_cnn_is_an_error():
+    with pytest.raises(ValueError, match="weights_path='w.pt' loads a torchvision trunk"):
+        ImageCNNEncoder(arch="small", weights_path="w.pt")

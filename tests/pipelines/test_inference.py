@@ -23,7 +23,7 @@ from mmctx.pipelines.inference import (
     rows_from_folder,
     rows_from_manifest,
 )
-from tests.conftest import png_header_only, write_manifest
+from tests.helpers import png_header_only, write_manifest
 
 
 @pytest.fixture(scope="module")
