@@ -50,6 +50,8 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
+_SURROGATE = re.compile("[\ud800-\udfff]")  # not encodable as UTF-8 (lone surrogates)
+
 _NOT_REGULAR = {
     stat.S_IFDIR: "is a directory",
     stat.S_IFIFO: "is a FIFO (named pipe), not a regular file",
@@ -76,6 +78,11 @@ class DecodeError(ValueError):
 
 def _check_regular_file(path: str) -> int:
     """Stat ``path`` without opening it; return its size or raise DecodeError."""
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError as err:  # e.g. a "\\ud800" escape in a manifest's path
+        bad = f"U+{ord(path[err.start]):04X} at character {err.start}"
+        raise DecodeError(path, f"the file name holds a lone surrogate ({bad})") from None
     try:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -252,8 +259,10 @@ def read_audio(
         raise ValueError(f"sample_rate must be a positive int or None, got {sample_rate!r}")
     path = os.fspath(path)
     _check_wav_complete(path, _check_regular_file(path))
+    # Bytes on POSIX: soundfile would encode a str strictly, failing on names that are not UTF-8.
+    sf_path = path if os.name == "nt" else os.fsencode(path)
     try:  # libsndfile errors are RuntimeErrors; DecodeError (a ValueError) passes through.
-        info = sf.info(path)  # header only: reject long audio before reading any samples
+        info = sf.info(sf_path)  # header only: reject long audio before reading any samples
         seconds = info.frames / max(info.samplerate, 1)
         frames = -1  # all
         if seconds > limits.max_audio_seconds:
@@ -261,7 +270,7 @@ def read_audio(
                 limit = f"max_audio_seconds={limits.max_audio_seconds:g}"
                 raise DecodeError(path, f"audio is {seconds:.1f} s, over {limit}")
             frames = int(limits.max_audio_seconds * info.samplerate)
-        data, rate = sf.read(path, frames=frames, dtype="float32", always_2d=True)
+        data, rate = sf.read(sf_path, frames=frames, dtype="float32", always_2d=True)
     except (RuntimeError, TypeError) as err:
         detail = (getattr(err, "error_string", None) or str(err)).strip()
         raise DecodeError(path, f"not a decodable audio file ({detail})") from None
@@ -277,9 +286,6 @@ def read_audio(
         mono = AF.resample(torch.from_numpy(mono), rate, sample_rate).numpy()
     mono = np.clip(mono, -1.0, 1.0)
     return check_finite(path, mono.astype(np.float32, copy=False), "resampled audio", "samples")
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def check_text(text: str, *, source: str, limits: Limits = DEFAULT_LIMITS) -> str:
@@ -353,6 +359,9 @@ def _open_video(path: str, limits: Limits) -> cv2.VideoCapture:
     """Open ``path`` with FFmpeg (by content, never as an image pattern or device) and check
     the declared frame size against ``limits`` before any frame is read."""
     backend = cv2.CAP_FFMPEG if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
+    if _SURROGATE.search(path):  # OpenCV crashes the process on such a str (it is not UTF-8)
+        reason = "the file name is not valid UTF-8, which OpenCV cannot open; rename the file"
+        raise DecodeError(path, reason)
     try:  # an absolute path keeps FFmpeg from reading a "proto:" prefix as a protocol
         cap = cv2.VideoCapture(os.path.abspath(path), backend)
     except cv2.error:

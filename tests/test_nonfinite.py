@@ -281,3 +281,22 @@ def test_every_own_command_documents_exit_statuses(capsys, monkeypatch):
         assert info.value.code == 0
         out = capsys.readouterr().out
         assert "exit status" in out.lower() and "3" in out.lower().split("exit status")[1], name
+
+
+# ------------------------------------------------------------------------------ file names
+def test_names_that_are_not_utf8_are_read_or_refused_cleanly(tmp_path):
+    raw = os.path.join(os.fsencode(tmp_path), b"bad\xff.wav")
+    sf.write(raw, np.full(800, 0.1), 8000)
+    assert read_audio(os.fsdecode(raw)).shape == (800,)  # libsndfile gets the bytes
+    video = os.path.join(os.fsencode(tmp_path), b"v\xff.avi")
+    writer = cv2.VideoWriter(
+        str(tmp_path / "v.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 4.0, (16, 12)
+    )
+    writer.write(np.zeros((12, 16, 3), np.uint8))
+    writer.release()
+    os.rename(os.fsencode(tmp_path / "v.avi"), video)
+    with pytest.raises(DecodeError, match="not valid UTF-8, which OpenCV cannot open"):
+        read_video(os.fsdecode(video))  # OpenCV would crash the process on this str
+    for reader in (read_audio, read_image, read_text, read_video):
+        with pytest.raises(DecodeError, match=r"lone surrogate \(U\+D800 at character"):
+            reader(str(tmp_path / "x\ud800.wav"))
