@@ -497,7 +497,7 @@ def infer_main(argv: list[str]) -> int:
             parser.error("nothing to predict on: give --manifest, --folder or --text/--image/...")
         predictor = (
             Predictor.from_checkpoint(args.ckpt, args.device)
-            if args.ckpt
+            if args.ckpt is not None
             else Predictor.from_export(args.export, args.device)
         )
         changed = {

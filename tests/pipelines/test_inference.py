@@ -436,3 +436,4 @@ def test_unwritable_out_exits_2(trained, tmp_path, capsys):
         ["infer", "--no-progress", "--ckpt", str(trained["ckpt"]), "--text", "x", "--out", str(out)]
     )
     assert code == 2 and "p.jsonl" in capsys.readouterr().err
+    assert main(["infer", "--no-progress", "--ckpt", "", "--text", "x"]) == 2  # not a crash
