@@ -33,6 +33,7 @@ import mmctx.nn.backbones  # noqa: F401
 import mmctx.pipelines  # noqa: F401
 from mmctx.checkpoints import plain_config
 from mmctx.data.modalities import ENTRY_POINT_GROUPS, load_entry_points
+from mmctx.errors import run_command
 from mmctx.pipelines import JsonlPredictionWriter
 
 OVERVIEW = """\
@@ -332,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args[0] in OWN_COMMANDS:
         load_plugins()
-        return OWN_COMMANDS[args[0]](args[1:])
+        return run_command(args[0], OWN_COMMANDS[args[0]], args[1:])  # exit 3 on a bug
     lightning_cli(None if argv is None else args)  # None: Lightning reads sys.argv itself
     return 0
 

@@ -4,12 +4,15 @@ Every failure to read a file raises :class:`DecodeError`, whose message is ``"<p
 Only regular files are opened (directories, FIFOs and devices are rejected from ``os.stat``), and
 sizes are checked against :class:`Limits` from the file header before anything large is decoded.
 Bad arguments (not bad files) raise a plain ``ValueError`` naming the parameter.
+Non-finite data never leaves this module: audio (and floating-point images) holding NaN or
+infinity are rejected right after decoding, and text must be encodable as UTF-8.
 """
 
 from __future__ import annotations
 
 import codecs
 import os
+import re
 import stat
 import warnings
 from dataclasses import dataclass, fields
@@ -47,6 +50,8 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
+_SURROGATE = re.compile("[\ud800-\udfff]")  # not encodable as UTF-8 (lone surrogates)
+
 _NOT_REGULAR = {
     stat.S_IFDIR: "is a directory",
     stat.S_IFIFO: "is a FIFO (named pipe), not a regular file",
@@ -73,6 +78,11 @@ class DecodeError(ValueError):
 
 def _check_regular_file(path: str) -> int:
     """Stat ``path`` without opening it; return its size or raise DecodeError."""
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError as err:  # e.g. a "\\ud800" escape in a manifest's path
+        bad = f"U+{ord(path[err.start]):04X} at character {err.start}"
+        raise DecodeError(path, f"the file name holds a lone surrogate ({bad})") from None
     try:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -128,9 +138,31 @@ def _check_complete(path: str, data: bytes) -> None:
         raise DecodeError(path, "truncated PNG (no IEND chunk)")
 
 
+def check_finite(
+    path: str | os.PathLike[str], array: np.ndarray, what: str, unit: str = "values"
+) -> np.ndarray:
+    """Raise DecodeError if a floating-point ``array`` holds NaN or infinity.
+
+    Args:
+        path: The file the array was decoded from (the error's path).
+        array: Decoded data; integer arrays are always finite and pass unchecked.
+        what: What the array is, for the message (``"audio"``).
+        unit: What one element is (``"samples"``).
+
+    Returns:
+        ``array`` unchanged, e.g. ``"x.wav: audio holds 3 non-finite samples (NaN/inf)"``.
+    """
+    if np.issubdtype(array.dtype, np.inexact):
+        bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise DecodeError(path, f"{what} holds {bad:,} non-finite {unit} (NaN/inf)")
+    return array
+
+
 def _to_uint8(path: str, img: np.ndarray) -> np.ndarray:
     if img.dtype == np.uint8:
         return img
+    check_finite(path, img, "image", "pixel values")  # a float TIFF/EXR may hold NaN
     if img.dtype == np.uint16:  # round(x / 257) maps 0..65535 onto 0..255
         return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
     raise DecodeError(path, f"unsupported pixel type {img.dtype}")
@@ -215,18 +247,22 @@ def read_audio(
             longer audio is rejected, or with ``crop_long_audio`` read only up to the limit.
 
     Returns:
-        ``(s,)`` float32 array in ``[-1, 1]``: channels averaged, then resampled if asked.
+        ``(s,)`` float32 array in ``[-1, 1]``, finite: channels averaged, then resampled if
+        asked.
 
     Raises:
-        DecodeError: Missing, not a regular file, empty, undecodable, no frames, too long.
+        DecodeError: Missing, not a regular file, empty, undecodable, no frames, too long,
+            or samples that are NaN or infinite (floating-point files can hold them).
         ValueError: ``sample_rate`` is not a positive int.
     """
     if sample_rate is not None and (type(sample_rate) is not int or sample_rate <= 0):
         raise ValueError(f"sample_rate must be a positive int or None, got {sample_rate!r}")
     path = os.fspath(path)
     _check_wav_complete(path, _check_regular_file(path))
+    # Bytes on POSIX: soundfile would encode a str strictly, failing on names that are not UTF-8.
+    sf_path = path if os.name == "nt" else os.fsencode(path)
     try:  # libsndfile errors are RuntimeErrors; DecodeError (a ValueError) passes through.
-        info = sf.info(path)  # header only: reject long audio before reading any samples
+        info = sf.info(sf_path)  # header only: reject long audio before reading any samples
         seconds = info.frames / max(info.samplerate, 1)
         frames = -1  # all
         if seconds > limits.max_audio_seconds:
@@ -234,23 +270,30 @@ def read_audio(
                 limit = f"max_audio_seconds={limits.max_audio_seconds:g}"
                 raise DecodeError(path, f"audio is {seconds:.1f} s, over {limit}")
             frames = int(limits.max_audio_seconds * info.samplerate)
-        data, rate = sf.read(path, frames=frames, dtype="float32", always_2d=True)
+        data, rate = sf.read(sf_path, frames=frames, dtype="float32", always_2d=True)
     except (RuntimeError, TypeError) as err:
         detail = (getattr(err, "error_string", None) or str(err)).strip()
         raise DecodeError(path, f"not a decodable audio file ({detail})") from None
     if data.shape[0] == 0:
         raise DecodeError(path, "no audio frames")
-    mono = data.mean(axis=1, dtype=np.float32)
+    check_finite(path, data, "audio", "samples")  # before anything mixes or clips them
+    # The mean in float64: two channels near float32's maximum would overflow to inf.
+    mono = data.mean(axis=1, dtype=np.float64).astype(np.float32)
     if sample_rate is not None and sample_rate != rate:
         import torch
         import torchaudio.functional as AF
 
         mono = AF.resample(torch.from_numpy(mono), rate, sample_rate).numpy()
-    return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
+    mono = np.clip(mono, -1.0, 1.0)
+    return check_finite(path, mono.astype(np.float32, copy=False), "resampled audio", "samples")
 
 
 def check_text(text: str, *, source: str, limits: Limits = DEFAULT_LIMITS) -> str:
-    """Validate inline text, e.g. a field of a manifest line.
+    """Validate inline text, e.g. a field of a manifest line or a command-line argument.
+
+    Text must be encodable as UTF-8: a lone surrogate (a legal JSON escape such as
+    ``"\\ud800"``, or a byte that was not UTF-8 in a command-line argument, which Python
+    keeps as ``\\udcxx``) is rejected here rather than failing later in a tokenizer.
 
     Args:
         text: The value to check.
@@ -258,12 +301,28 @@ def check_text(text: str, *, source: str, limits: Limits = DEFAULT_LIMITS) -> st
         limits: ``max_text_chars`` applies.
 
     Returns:
-        ``text`` unchanged; DecodeError if it is not a str or is too long.
+        ``text`` unchanged.
+
+    Raises:
+        DecodeError: Not a str, too long, or holding a lone surrogate (named with its
+            character offset).
     """
     if not isinstance(text, str):
         raise DecodeError(source, f"expected text (str), got {type(text).__name__}")
     if len(text) > (cap := limits.max_text_chars):
         raise DecodeError(source, f"text has {len(text):,} characters, over max_text_chars={cap:,}")
+    if (bad := _SURROGATE.search(text)) is not None:
+        code = ord(bad.group())
+        what = (
+            f"an undecodable byte 0x{code - 0xDC00:02x}"
+            if 0xDC80 <= code <= 0xDCFF
+            else f"a lone surrogate U+{code:04X}"
+        )
+        raise DecodeError(
+            source,
+            f"text is not valid Unicode: {what} at character {bad.start()} "
+            "(it cannot be encoded as UTF-8)",
+        )
     return text
 
 
@@ -300,6 +359,9 @@ def _open_video(path: str, limits: Limits) -> cv2.VideoCapture:
     """Open ``path`` with FFmpeg (by content, never as an image pattern or device) and check
     the declared frame size against ``limits`` before any frame is read."""
     backend = cv2.CAP_FFMPEG if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
+    if _SURROGATE.search(path):  # OpenCV crashes the process on such a str (it is not UTF-8)
+        reason = "the file name is not valid UTF-8, which OpenCV cannot open; rename the file"
+        raise DecodeError(path, reason)
     try:  # an absolute path keeps FFmpeg from reading a "proto:" prefix as a protocol
         cap = cv2.VideoCapture(os.path.abspath(path), backend)
     except cv2.error:

@@ -30,6 +30,7 @@ from mmctx.checkpoints import CheckpointError, data_settings, load_module
 from mmctx.data import Collate, ManifestDataset, Preprocess, SampleError
 from mmctx.data.manifest import LabelSpace, Sample, parse_row, row_cause
 from mmctx.data.paths import UNCONFINED
+from mmctx.errors import EXIT_STATUS_HELP, one_line
 
 from .gan import MultimodalGAN, _rows
 from .gan_images import contact_sheet, write_png
@@ -97,10 +98,12 @@ examples:
 
 
 def generate_main(argv: Sequence[str]) -> int:
-    """``mmctx generate``: see :data:`GENERATE_HELP`. Exit 0 (all ok), 1 (some failed), 2."""
+    """``mmctx generate``: see :data:`GENERATE_HELP`. Exit 0 (all ok), 1 (some failed), 2
+    (could not start); see :data:`mmctx.errors.EXIT_STATUS_HELP`."""
     parser = argparse.ArgumentParser(
         prog="mmctx generate",
         description=GENERATE_HELP,
+        epilog=EXIT_STATUS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--ckpt", required=True, help="GAN checkpoint written by `mmctx fit`")
@@ -130,8 +133,8 @@ def generate_main(argv: Sequence[str]) -> int:
         else:
             row = row_from_arguments(args.text, args.image, args.audio, args.video, args.id)
             rows, base, data_root = [(1, row)], Path.cwd(), UNCONFINED  # the user's own paths
-    except (FileNotFoundError, CheckpointError) as err:
-        print(f"mmctx generate: error: {err}", file=sys.stderr)
+    except (OSError, CheckpointError, ValueError) as err:
+        print(f"mmctx generate: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     samples, errors = [], []
     for line, row in rows:
@@ -166,7 +169,7 @@ def generate_main(argv: Sequence[str]) -> int:
         sheet = write_png(out / "contact_sheet.png", contact_sheet(torch.stack(sheet_rows), names))
         print(f"wrote {written * args.n} images of {written} conditions to {out}/ and {sheet}")
     for err in errors:
-        print(f"  skipped {err}", file=sys.stderr)
+        print(f"  skipped {one_line(err)}", file=sys.stderr)
     print(f"mmctx generate: {written} conditions ok, {len(errors)} failed", file=sys.stderr)
     return 1 if errors else 0
 
@@ -342,6 +345,7 @@ def gan_eval_main(argv: Sequence[str], build_from_config: Callable[[list[str]], 
     parser = argparse.ArgumentParser(
         prog="mmctx gan-eval",
         description=GAN_EVAL_HELP,
+        epilog=EXIT_STATUS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--ckpt", required=True, help="GAN checkpoint written by `mmctx fit`")
@@ -370,8 +374,8 @@ def gan_eval_main(argv: Sequence[str], build_from_config: Callable[[list[str]], 
                 f"GAN draws {model.image_channels}-channel ones"
             )
         batches, total = _eval_batches(args, overrides, model, pre, build_from_config)
-    except (FileNotFoundError, CheckpointError, ValueError) as err:
-        print(f"mmctx gan-eval: error: {err}", file=sys.stderr)
+    except (OSError, CheckpointError, ValueError) as err:
+        print(f"mmctx gan-eval: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     result = evaluate_gan(
         model, classifier, clf_pre.image_size, batches, n=args.n, seed=args.seed,

@@ -46,6 +46,7 @@ from mmctx.data.manifest import (
 )
 from mmctx.data.modalities import resolve_modalities
 from mmctx.data.paths import UNCONFINED, confined_path
+from mmctx.errors import one_line, printable
 from mmctx.io import Limits
 
 log = logging.getLogger(__name__)
@@ -295,29 +296,53 @@ class Predictor:
     ) -> list[dict[str, Any]]:
         items = [it.result() if isinstance(it, Future) else it for it in loaded]
         good = []
-        for (record, _), item in zip(samples, items, strict=True):
+        for (record, sample), item in zip(samples, items, strict=True):
             if isinstance(item, SampleError):
                 record["error"] = str(item)
             elif not item["inputs"]:
-                uses = ", ".join(m.name for m in self.modalities)
-                record["error"] = f"{_where(record)}: nothing this model reads (it uses {uses})"
+                record["error"] = f"{_where(record)}: {self._unread(sample)}"
             else:
                 good.append((record, item))
         if good:
             batch = Collate(self.modalities, self.preprocess, None)([it for _, it in good])
             for (record, _), result in zip(good, self._classify(batch, top_k), strict=True):
+                if result["status"] == "error":
+                    result["error"] = f"{_where(record)}: {result['error']}"
                 record.update(result)
         return [_ordered(r) for r in records]
 
+    def _unread(self, sample: Any) -> str:
+        """Why a sample gives the model nothing: the files of modalities it has no encoder for."""
+        uses = ", ".join(m.name for m in self.modalities)
+        reason = f"nothing this model reads (it uses {uses})"
+        lacking = []
+        for name in sample.modalities:
+            if name in {m.name for m in self.modalities}:
+                continue
+            value = sample.get(name)
+            items = value if isinstance(value, list | tuple) else [value]
+            files = ", ".join(os.fspath(v) if isinstance(v, os.PathLike) else str(v) for v in items)
+            what = "inline text" if name == "text" and sample.text is not None else files
+            lacking.append(f"{what} ({name}: this model has no {name} encoder)")
+        return f"{reason}; not read: {'; '.join(lacking)}" if lacking else reason
+
     def _classify(self, batch: dict[str, Any], top_k: int) -> list[dict[str, Any]]:
+        """Records' results for a collated batch; a row whose logits are not all finite
+        gets ``status: "error"`` instead of NaN probabilities."""
         inputs = move_data_to_device(batch["inputs"], self.device)
         with self._lock, torch.inference_mode():
             logits = self.model(inputs).float()
+        finite = torch.isfinite(logits).all(dim=-1).cpu()  # (b,)
+        logits = torch.where(torch.isfinite(logits), logits, torch.zeros_like(logits))
         probs = (logits.sigmoid() if self.multilabel else logits.softmax(-1)).cpu()
         k = min(top_k, len(self.class_names))
         values, indices = probs.topk(k, dim=-1)
         results = []
         for row in range(len(probs)):
+            if not finite[row]:
+                error = "model output is not finite (NaN or infinite logits)"
+                results.append({"status": "error", "error": error})
+                continue
             if self.multilabel:
                 label: Any = [
                     c for c, p in zip(self.class_names, probs[row], strict=True) if p >= 0.5
@@ -340,6 +365,42 @@ def _where(record: dict[str, Any]) -> str:
 def _ordered(record: dict[str, Any]) -> dict[str, Any]:
     keys = ("line", "id", "status", "label", "top_k", "modalities", "error")
     return {k: record.get(k) for k in keys}
+
+
+def _printable(value: Any) -> Any:
+    """``value`` with every string made UTF-8-safe (:func:`mmctx.errors.printable`)."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {k: _printable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable(v) for v in value]
+    return value
+
+
+# Valid inside JSON strings but line breaks to str.splitlines() and many editors.
+_LINE_SEPARATORS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
+def record_json(record: dict[str, Any], *, ascii_only: bool = False) -> tuple[str, dict[str, Any]]:
+    """One record as one line of strict JSON (no NaN/Infinity), valid UTF-8.
+
+    File names that were not UTF-8 are escaped (``\\xff``), line and paragraph separators
+    are written as ``\\u2028`` escapes, and a record that holds a non-finite number becomes
+    an error record.
+
+    Returns:
+        ``(line without its newline, the record as written)``.
+    """
+    record = _printable(record)
+    try:
+        text = json.dumps(record, ensure_ascii=ascii_only, allow_nan=False)
+    except ValueError:  # a non-finite number slipped into the record
+        error = f"{_where(record)}: model output is not finite (NaN or infinite probabilities)"
+        record = {**record, "status": "error", "label": None, "top_k": None, "error": error}
+        record["modalities"] = None
+        text = json.dumps(record, ensure_ascii=ascii_only, allow_nan=False)
+    return text.translate(_LINE_SEPARATORS), record
 
 
 def _chunks(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
@@ -376,9 +437,14 @@ Inputs (choose one):
   --text/--image/--audio/--video   one sample from the command line
 
 Each record: {"line", "id", "status": "ok"|"error", "label", "top_k": [[label, prob], ...],
-"modalities", "error"}. A bad sample gets status "error" and the reason (naming the file or
-line); the others go on. Exit status: 0 when every sample succeeded, 1 when any failed,
-2 when the command itself could not run (bad arguments, unreadable checkpoint).
+"modalities", "error"}, one strict JSON line (UTF-8; no NaN; file names that are not UTF-8
+are escaped as \\xNN). A bad sample gets status "error" and the reason (naming the file or
+line): files that do not decode, audio holding NaN/inf, text that is not valid Unicode, a
+model output that is not finite; the others go on.
+
+Exit status: 0 when every sample succeeded, 1 when any failed, 2 when the command could not
+start (bad arguments, unreadable manifest, checkpoint or --out), 3 on a bug in mmctx (the
+traceback is written to a log file named on stderr).
 """
 
 
@@ -440,7 +506,7 @@ def infer_main(argv: list[str]) -> int:
             parser.error("nothing to predict on: give --manifest, --folder or --text/--image/...")
         predictor = (
             Predictor.from_checkpoint(args.ckpt, args.device)
-            if args.ckpt
+            if args.ckpt is not None
             else Predictor.from_export(args.export, args.device)
         )
         changed = {
@@ -449,11 +515,13 @@ def infer_main(argv: list[str]) -> int:
             "crop_long_audio": args.crop_long_audio,
         }
         predictor.set_limits(**{k: v for k, v in changed.items() if v is not None})
-    except (FileNotFoundError, CheckpointError, ValueError) as err:
-        print(f"mmctx infer: error: {err}", file=sys.stderr)
+        out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
+    except (OSError, CheckpointError, ValueError) as err:
+        print(f"mmctx infer: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     logging.getLogger("mmctx.data").setLevel(logging.ERROR)  # errors go into the records
-    out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
+    # JSON escapes everything else; a stream that cannot take UTF-8 gets ASCII-only JSON.
+    ascii_only = "utf" not in (getattr(out, "encoding", None) or "utf-8").lower()
     counts = {"ok": 0, "error": 0}
     first_error = None
     start = time.perf_counter()
@@ -469,7 +537,8 @@ def infer_main(argv: list[str]) -> int:
     )
     try:
         for record in bar:
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            line, record = record_json(record, ascii_only=ascii_only)
+            out.write(line + "\n")
             counts[record["status"]] += 1
             first_error = first_error or record["error"]
     finally:
@@ -477,14 +546,14 @@ def infer_main(argv: list[str]) -> int:
             out.close()
     seconds = time.perf_counter() - start
     total = counts["ok"] + counts["error"]
-    where = "" if args.out == "-" else f" -> {args.out}"
+    where = "" if args.out == "-" else f" -> {one_line(args.out)}"
     summary = (
         f"mmctx infer: {total} samples, {counts['ok']} ok, {counts['error']} failed "
         f"in {seconds:.1f} s ({total / max(seconds, 1e-9):.1f} samples/s){where}"
     )
-    if inputs.ignored:
-        summary += f"\n  ignored in the folder: {', '.join(inputs.ignored)}"
+    if inputs.ignored:  # each item one line, whatever the names hold
+        summary += f"\n  ignored in the folder: {one_line(', '.join(inputs.ignored))}"
     if first_error:
-        summary += f"\n  first error: {first_error}"
+        summary += f"\n  first error: {one_line(first_error)}"
     print(summary, file=sys.stderr)
     return 1 if counts["error"] else 0

@@ -13,9 +13,10 @@ The collated batch is a dict::
      "errors": list[str]}   # samples of this batch that failed to decode, with the cause
 
 Several images of one sample are stacked along ``k``; several audio files are joined
-end to end; several videos are joined along ``t``. A sample that fails to decode is left
-out of its batch and its error is carried in ``errors`` (or raised, in strict mode), so
-the run can count and report it. What each modality does is its
+end to end; several videos are joined along ``t``. A sample that fails to load, for any
+reason (a bad file, non-finite values, a plugin or transform that raises, a label outside
+the label space), is left out of its batch and its error is carried in ``errors`` (or
+raised, in strict mode), so the run can count and report it. What each modality does is its
 :class:`~mmctx.data.modalities.Modality` (built-ins and plugins alike), so ``modalities``
 arguments take names or instances.
 """
@@ -23,7 +24,8 @@ arguments take names or instances.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,6 +43,7 @@ from mmctx.data.modalities import (
     resolve_modalities,
 )
 from mmctx.data.preprocess import Preprocess, SampleError
+from mmctx.errors import one_line
 from mmctx.io import DecodeError, Limits
 from mmctx.transforms import Augment
 
@@ -58,7 +61,8 @@ class ManifestDataset(Dataset):
         modalities: Modalities to load (names or :class:`~mmctx.data.modalities.Modality`
             instances); others in the rows are ignored.
         preprocess: Decode and resize settings.
-        strict: Raise on a sample that fails to decode instead of reporting it.
+        strict: Raise :class:`SampleError` on a sample that fails to load instead of
+            returning it (the original exception is its ``__cause__``).
         augment: Random transforms applied to each decoded sample (training data only).
             Their randomness is drawn from torch's global generator, which
             ``seed_everything`` and the DataLoader's per-worker seeding make reproducible.
@@ -85,30 +89,122 @@ class ManifestDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Any] | SampleError:
+        """The loaded sample, or a :class:`SampleError` saying why it could not be loaded.
+
+        Whatever goes wrong with one sample is that sample's error: any ``Exception``,
+        ``MemoryError`` and ``RecursionError`` included (a file too big to decode or a
+        plugin that recurses fails alone; memory held by the failed sample is freed as the
+        exception unwinds). ``KeyboardInterrupt`` and ``SystemExit`` are not exceptions of
+        a sample and pass through.
+        """
         sample = self.samples[index]
+        where = "loading"  # the stage, for exceptions that name no file
         try:
             inputs = self._load(sample)
             if self.augment is not None:
+                where = "augmentation"
                 rng = np.random.default_rng(int(torch.randint(2**62, ())))
                 inputs = self.augment(inputs, rng)
+                _check_inputs(inputs, sample, after="after augmentation")
             item = {"id": sample.id, "line": sample.line, "inputs": inputs}
             if self.labels is not None:
+                where = "label"
                 item["label"] = self.labels.encode(sample.label)
             return item
-        except (DecodeError, ValueError) as err:
-            message = f"sample {sample.id!r} (line {sample.line}): {err}"
+        except Exception as err:  # noqa: BLE001 - one sample's failure, whatever it is
+            named = isinstance(err, DecodeError | _LoadError)  # these name the file already
+            cause = str(err) if named else f"{where}: {_describe(err)}"
+            message = f"sample {sample.id!r} (line {sample.line}): {cause}"
             if self.strict:
                 raise SampleError(message) from err
-            log.warning("skipped %s", message)
+            log.warning("skipped %s", one_line(message))
             return SampleError(message)
 
     def _load(self, sample: Sample) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for m in self.handlers:
             value = sample.get(m.name)
-            if value is not None:
+            if value is None:
+                continue
+            try:
                 out[m.name] = m.load(value, self.pre)
+            except DecodeError:
+                raise
+            except Exception as err:  # noqa: BLE001 - named with the files, then re-raised
+                raise _LoadError(f"{_files(value)}: {m.name}: {_describe(err)}") from err
+        _check_inputs(out, sample)
         return out
+
+
+class _LoadError(Exception):
+    """A modality's loader raised something other than DecodeError (message ready)."""
+
+
+def _describe(err: BaseException) -> str:
+    """``err`` as a cause: its message, with the exception's type unless a ValueError."""
+    text = str(err)
+    if isinstance(err, MemoryError):
+        return f"out of memory while loading it (MemoryError{': ' + text if text else ''})"
+    if type(err) is ValueError and text:
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _files(value: Any) -> str:
+    """The file(s) a modality's parsed value names, or a short repr of the value."""
+    items = value if isinstance(value, list | tuple) else [value]
+    paths = [os.fspath(v) for v in items if isinstance(v, str | os.PathLike)]
+    if paths and len(paths) == len(items):
+        return ", ".join(paths)
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _leaves(value: Any, key: str) -> Iterator[tuple[str, Any]]:
+    """``(key path, leaf)`` for every array, tensor and str inside nested dicts and lists."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _leaves(v, f"{key}.{k}")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            yield from _leaves(v, f"{key}[{i}]")
+    elif isinstance(value, np.ndarray | Tensor | str | float):
+        yield key, value
+
+
+def _check_inputs(inputs: dict[str, Any], sample: Sample, after: str = "") -> None:
+    """Raise _LoadError if any loaded value is non-finite or text not encodable as UTF-8.
+
+    The built-in readers check this already; this catches plugin modalities and
+    augmentations, so that non-finite data never reaches a model.
+    """
+    for name, value in inputs.items():
+        for key, leaf in _leaves(value, name):
+            problem = _leaf_problem(leaf)
+            if problem:
+                files = _files(sample.get(name))
+                where = f" {after}" if after else ""
+                raise _LoadError(f"{files}: {key} {problem}{where}")
+
+
+def _leaf_problem(leaf: Any) -> str | None:
+    if isinstance(leaf, str):
+        try:
+            leaf.encode("utf-8")
+        except UnicodeEncodeError as err:
+            return f"is not valid Unicode (a lone surrogate at character {err.start})"
+        return None
+    if isinstance(leaf, Tensor):
+        if not leaf.is_floating_point() and not leaf.is_complex():
+            return None
+        bad = leaf.numel() - int(torch.isfinite(leaf).sum())
+    elif isinstance(leaf, np.ndarray):
+        if not np.issubdtype(leaf.dtype, np.inexact):
+            return None
+        bad = leaf.size - int(np.count_nonzero(np.isfinite(leaf)))
+    else:
+        bad = 0 if np.isfinite(leaf) else 1
+    return f"holds {bad:,} non-finite values (NaN/inf)" if bad else None
 
 
 def estimate_length(

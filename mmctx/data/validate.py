@@ -11,6 +11,7 @@ import argparse
 import json
 import statistics
 import sys
+import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 import soundfile as sf
 
 from mmctx.data.manifest import LabelSpace, count_rows, iter_rows, parse_row, row_error
+from mmctx.errors import EXIT_STATUS_HELP, one_line, printable
 from mmctx.io import DEFAULT_LIMITS, Limits, read_audio, read_image, read_text
 
 # What is measured per modality, and in which unit.
@@ -206,13 +208,19 @@ def _message(path: Path, line: int, err: BaseException) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``mmctx validate-data``; exit status 1 when anything is wrong."""
+    """``mmctx validate-data``; exit status 1 when anything is wrong, 2 when it cannot start."""
     parser = argparse.ArgumentParser(
         prog="mmctx validate-data",
-        description="Check a JSON Lines manifest before training: every row parses, every file "
-        "exists and decodes (with the same readers and limits as training), and report sizes "
-        "per modality (min/median/max), how many samples carry each modality, label counts "
-        "and duplicate ids. Exit status 0 when all is well, 1 when anything is wrong.",
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Check a JSON Lines manifest before training: every row parses, every file "
+            "exists and decodes (with the same readers and limits as training), and report "
+            "sizes per modality (min/median/max), how many samples carry each modality, label "
+            "counts and duplicate ids. Audio holding NaN/inf and text that is not valid "
+            "Unicode are reported like any file that does not decode.",
+            88,
+        ),
     )
     parser.add_argument("manifest", nargs="+", help="manifest file(s) to check")
     parser.add_argument("--json", help="also write the reports to this JSON file")
@@ -256,10 +264,10 @@ def main(argv: Sequence[str]) -> int:
                 classes=args.classes,
                 multilabel=args.multilabel,
             )
-        except (FileNotFoundError, ValueError) as err:
-            print(f"mmctx validate-data: error: {err}", file=sys.stderr)
+        except (OSError, ValueError) as err:  # missing, unreadable, a folder: cannot start
+            print(f"mmctx validate-data: error: {one_line(str(err))}", file=sys.stderr)
             return 2
-        print(report.text())
+        print(printable(report.text()))  # file names that are not UTF-8 are escaped
         reports.append(report)
     if args.json:
         Path(args.json).write_text(json.dumps([r.summary() for r in reports], indent=1))

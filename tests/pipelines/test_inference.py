@@ -312,3 +312,128 @@ def test_infer_help_explains_the_inputs(capsys, monkeypatch):
     out = capsys.readouterr().out
     for text in ("--manifest", "--folder", "stem", "Exit status", "top_k"):
         assert text in out or text.lower() in out
+
+
+# ------------------------------------------------------------------ non-finite, odd names, bugs
+def _strict_records(out: str) -> list[dict]:
+    """Every line parsed as strict JSON: NaN/Infinity are refused, not read as floats."""
+
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+
+    out.encode("utf-8")  # raw lone surrogates would not encode
+    return [json.loads(line, parse_constant=refuse) for line in out.splitlines()]
+
+
+def _nan_wav(path: Path) -> Path:
+    wave = np.full(800, 0.2, np.float32)
+    wave[[3, 4, 9]] = [np.nan, np.inf, -np.inf]
+    sf.write(str(path), wave, 8000, subtype="FLOAT")
+    return path
+
+
+def test_nan_audio_is_an_error_record_and_the_output_is_strict_json(trained, media, capsys):
+    _nan_wav(media / "nan.wav")
+    rows = [
+        {"id": "nan", "audio": "nan.wav", "text": "seven"},
+        {"id": "ok", "audio": "seven.wav"},
+        '{"id": "sur", "text": "a \\ud800 b"}',
+    ]
+    manifest = write_manifest(media / "m.jsonl", rows)
+    code = main(
+        ["infer", "--no-progress", "--ckpt", str(trained["ckpt"]), "--manifest", str(manifest)]
+    )
+    captured = capsys.readouterr()
+    records = _strict_records(captured.out)
+    assert code == 1 and [r["status"] for r in records] == ["error", "ok", "error"]
+    assert records[0]["error"] == (
+        f"sample 'nan' (line 1): {media / 'nan.wav'}: audio holds 3 non-finite samples (NaN/inf)"
+    )
+    assert "a lone surrogate U+D800 at character 2" in records[2]["error"]
+    assert all(np.isfinite(p) for _, p in records[1]["top_k"])
+
+
+def test_undecodable_text_argument_is_that_samples_error(trained, capsys):
+    text = os.fsdecode(b"caf\xe9 seven")  # what Python makes of latin-1 bytes in argv
+    code = main(["infer", "--no-progress", "--ckpt", str(trained["ckpt"]), "--text", text])
+    records = _strict_records(capsys.readouterr().out)
+    assert code == 1 and len(records) == 1 and records[0]["status"] == "error"
+    assert "an undecodable byte 0xe9 at character 3" in records[0]["error"]
+
+
+def test_odd_file_names_give_one_line_per_record_and_valid_utf8(trained, media, capsys):
+    folder = media / "odd"
+    folder.mkdir()
+    shutil.copy(media / "seven.wav", os.path.join(os.fsencode(folder), b"bad\xff.wav"))
+    _nan_wav(folder / "nan\nline.wav")
+    shutil.copy(media / "seven.wav", folder / "sep\u2028x.wav")
+    code = main(["infer", "--no-progress", "--ckpt", str(trained["ckpt"]), "--folder", str(folder)])
+    captured = capsys.readouterr()
+    records = _strict_records(captured.out)
+    assert code == 1 and len(records) == len(captured.out.splitlines()) == 3
+    by_id = {r["id"]: r for r in records}
+    assert set(by_id) == {"bad\\xff", "nan\nline", "sep\u2028x"}
+    assert by_id["bad\\xff"]["status"] == "ok", by_id
+    assert by_id["sep\u2028x"]["status"] == "ok", by_id
+    assert "nan\nline.wav: audio holds 3 non-finite" in by_id["nan\nline"]["error"]
+    assert "\u2028" not in captured.out and "\\u2028" in captured.out
+    summary, first = captured.err.splitlines()  # one line each, the newline escaped
+    assert "3 samples, 2 ok, 1 failed" in summary
+    assert first.startswith("  first error: ") and "nan\\nline.wav: audio holds 3" in first
+
+
+def test_non_finite_model_output_is_that_samples_error(trained, monkeypatch):
+    predictor = Predictor.from_checkpoint(trained["ckpt"], device="cpu")
+    classes = len(predictor.class_names)
+
+    def forward(inputs):
+        logits = torch.zeros(2, classes)
+        logits[0, 1] = float("nan")
+        return logits
+
+    monkeypatch.setattr(predictor.model, "forward", forward)
+    rows = InputRows([(1, {"id": "a", "text": "x"}), (2, {"id": "b", "text": "y"})], Path.cwd(), 2)
+    first, second = predictor.predict_rows(rows, batch_size=2, workers=0)
+    assert first["status"] == "error" and first["top_k"] is None
+    assert (
+        first["error"] == "sample 'a' (line 1): model output is not finite (NaN or infinite logits)"
+    )
+    assert second["status"] == "ok" and second["top_k"][0][1] == pytest.approx(
+        1 / classes, abs=1e-6
+    )
+
+
+def test_video_for_a_model_without_video_names_the_file(predictor, media):
+    record = predictor.predict(video=str(media / "seven.png"))
+    assert record["status"] == "error"
+    assert str(media / "seven.png") in record["error"]
+    assert "(video: this model has no video encoder)" in record["error"]
+
+
+def test_an_internal_bug_exits_3_with_one_line_and_a_log(
+    trained, media, capsys, monkeypatch, tmp_path
+):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("MMCTX_DEBUG", raising=False)
+
+    def broken(self, batch, top_k):
+        raise RuntimeError("simulated bug in the forward pass")
+
+    monkeypatch.setattr(Predictor, "_classify", broken)
+    code = main(["infer", "--no-progress", "--ckpt", str(trained["ckpt"]), "--text", "seven"])
+    err = capsys.readouterr().err
+    assert code == 3 and err.count("\n") == 1 and "internal error" in err
+    assert "RuntimeError: simulated bug in the forward pass" in err
+    log = Path(err.rsplit("the traceback is in ", 1)[1].strip())
+    assert log.parent == tmp_path and "in broken" in log.read_text()
+
+
+def test_unwritable_out_exits_2(trained, tmp_path, capsys):
+    out = tmp_path / "missing" / "p.jsonl"
+    code = main(
+        ["infer", "--no-progress", "--ckpt", str(trained["ckpt"]), "--text", "x", "--out", str(out)]
+    )
+    assert code == 2 and "p.jsonl" in capsys.readouterr().err
+    assert main(["infer", "--no-progress", "--ckpt", "", "--text", "x"]) == 2  # not a crash
