@@ -118,6 +118,12 @@ class MultimodalClassifier(L.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         self.skipped_samples = 0
 
+    def setup(self, stage: str) -> None:
+        """Check that the data module's decoding fits the encoders, before the first batch."""
+        pre = getattr(getattr(self.trainer, "datamodule", None), "preprocess", None)
+        if pre is not None:
+            self.fused.check_data(pre.sample_rate, pre.image_channels)
+
     @property
     def encoders(self) -> nn.ModuleDict:
         """The per-modality encoders (of the fused model)."""

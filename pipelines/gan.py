@@ -144,6 +144,12 @@ class MultimodalGAN(L.LightningModule):
         self.missing_target: set[str] = set()  # ids of samples without a target image
         self._grid_batch: dict[str, Any] | None = None
 
+    def setup(self, stage: str) -> None:
+        """Check that the data module's decoding fits the encoders, before the first batch."""
+        pre = getattr(getattr(self.trainer, "datamodule", None), "preprocess", None)
+        if pre is not None:
+            self.context.check_data(pre.sample_rate, pre.image_channels)
+
     # -- model -------------------------------------------------------------------------
     def condition(self, inputs: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """Context ``(b, d)`` and condition ``(b, cond_dim)`` from a batch's ``inputs``."""

@@ -58,6 +58,29 @@ class FusedModel(nn.Module):
         """The modalities this model reads."""
         return list(self.encoders)
 
+    def check_data(self, sample_rate: int, image_channels: int) -> None:
+        """Refuse data settings that do not fit an encoder, before any batch is read.
+
+        Raises:
+            ValueError: Naming the encoder's setting, the data's setting and both values.
+        """
+        problems = []
+        for m, enc in self.encoders.items():
+            rate = getattr(enc, "sample_rate", None)
+            if rate is not None and rate != sample_rate:
+                problems.append(
+                    f"encoders.{m} expects sample_rate={rate}, the data is resampled to "
+                    f"data.sample_rate={sample_rate}"
+                )
+            channels = getattr(enc, "in_channels", None)
+            if channels is not None and channels != image_channels:
+                problems.append(
+                    f"encoders.{m} expects in_channels={channels}, the data decodes "
+                    f"data.image_channels={image_channels}"
+                )
+        if problems:
+            raise ValueError("; ".join(problems) + ": set each pair to the same value")
+
     def sequence(self, inputs: Mapping[str, Any]) -> FeatureSequence:
         """The backbone's output ``(b, n, d)`` for a collated batch's ``inputs``."""
         features = {m: enc(inputs[m]) for m, enc in self.encoders.items()}

@@ -153,3 +153,22 @@ def test_share_frame_cnn_ties_video_frames_to_the_image_cnn():
             ["a", "b"],
             share_frame_cnn=True,
         )
+
+
+def test_data_settings_that_do_not_fit_the_encoders_are_refused_before_training():
+    from mmctx.encoders import AudioRNNEncoder, ImageCNNEncoder
+
+    model = MultimodalClassifier(
+        {
+            "audio": AudioRNNEncoder(sample_rate=8000, n_mels=16, hidden_dim=8, num_layers=1),
+            "image": ImageCNNEncoder(8, in_channels=1, width=4),
+        },
+        TransformerBackbone(dim=8, heads=2, depth=1),
+        ["a", "b"],
+    )
+    model.fused.check_data(8000, 1)  # fits: nothing raised, and the next line is the check
+    with pytest.raises(
+        ValueError,
+        match=r"encoders.audio expects sample_rate=8000, .* data.sample_rate=16000.*encoders.image expects in_channels=1, .*data.image_channels=3",
+    ):
+        model.fused.check_data(16000, 3)
