@@ -15,7 +15,7 @@ import logging
 import re
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from mmctx.errors import EXIT_STATUS_HELP, one_line
 
 from .gan import MultimodalGAN, _rows
 from .gan_images import contact_sheet, write_png
-from .inference import preprocess_from, row_from_arguments, rows_from_manifest
+from .inference import Row, preprocess_from, row_from_arguments, rows_from_manifest
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,20 @@ def generate_main(argv: Sequence[str]) -> int:
     except (OSError, CheckpointError, ValueError) as err:
         print(f"mmctx generate: error: {one_line(str(err))}", file=sys.stderr)
         return 2
+    samples, errors = _conditions(rows, base, data_root)
+    written, failed = generate_images(
+        model, samples, pre, Path(args.out), n=args.n, seed=args.seed,
+        batch_size=args.batch_size, device=args.device,
+    )  # fmt: skip
+    errors += failed
+    for err in errors:
+        print(f"  skipped {one_line(err)}", file=sys.stderr)
+    print(f"mmctx generate: {written} conditions ok, {len(errors)} failed", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _conditions(rows: Iterable[Row], base: Path, data_root: Any) -> tuple[list[Sample], list[str]]:
+    """Parsed condition rows, and one message per row that could not be parsed."""
     samples, errors = [], []
     for line, row in rows:
         try:
@@ -144,20 +158,37 @@ def generate_main(argv: Sequence[str]) -> int:
             samples.append(parse_row(row, line, base, data_root=data_root, check_labels=False))
         except Exception as err:  # noqa: BLE001 - one row never ends the run
             errors.append(f"line {line}: {row_cause(err)}")
-    out = Path(args.out)
+    return samples, errors
+
+
+def generate_images(
+    model: MultimodalGAN,
+    samples: list[Sample],
+    pre: Preprocess,
+    out: Path,
+    *,
+    n: int = 8,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> tuple[int, list[str]]:
+    """Draw ``n`` images per condition into ``out/<id>_<k>.png`` and ``out/contact_sheet.png``.
+
+    Returns:
+        ``(conditions drawn, one message per condition that failed to decode)``.
+    """
     sheet_rows: list[Tensor] = []
     names: list[str] = []
+    errors: list[str] = []
     written = 0
     bar = tqdm(total=len(samples), unit="condition", file=sys.stderr)
-    for batch, failed in _batches(
-        samples, list(model.context.encoders), pre, None, args.batch_size
-    ):
+    for batch, failed in _batches(samples, list(model.context.encoders), pre, None, batch_size):
         errors += failed
         bar.update(len(batch["ids"]) + len(failed))
         if not batch["ids"]:
             continue
-        inputs = move_data_to_device(batch["inputs"], args.device)
-        images = model.sample(inputs, args.n, seed=args.seed + written).cpu()  # (b, n, c, s, s)
+        inputs = move_data_to_device(batch["inputs"], device)
+        images = model.sample(inputs, n, seed=seed + written).cpu()  # (b, n, c, s, s)
         for sample_id, per in zip(batch["ids"], images, strict=True):
             for k, image in enumerate(per):
                 write_png(out / f"{_safe(sample_id)}_{k:02d}.png", image)
@@ -167,11 +198,8 @@ def generate_main(argv: Sequence[str]) -> int:
     bar.close()
     if sheet_rows:
         sheet = write_png(out / "contact_sheet.png", contact_sheet(torch.stack(sheet_rows), names))
-        print(f"wrote {written * args.n} images of {written} conditions to {out}/ and {sheet}")
-    for err in errors:
-        print(f"  skipped {one_line(err)}", file=sys.stderr)
-    print(f"mmctx generate: {written} conditions ok, {len(errors)} failed", file=sys.stderr)
-    return 1 if errors else 0
+        print(f"wrote {written * n} images of {written} conditions to {out}/ and {sheet}")
+    return written, errors
 
 
 def _pairwise(images: Tensor) -> Tensor:
@@ -193,6 +221,79 @@ def _classify(classifier: Any, images: Tensor, size: int, device: str) -> Tensor
     mask = torch.ones(len(images), 1, dtype=torch.bool, device=device)
     with torch.no_grad():
         return classifier({"image": {"pixels": pixels, "mask": mask}}).argmax(-1).cpu()
+
+
+class _Tally:
+    """Running figures of :func:`evaluate_gan` (see its Returns)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.correct = self.counted = self.no_condition = 0
+        self.real_correct = self.real_counted = self.ctx_correct = 0
+        self.per_class: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+        self.cond_div: list[float] = []
+        self.fake_by_class: dict[int, list[Tensor]] = defaultdict(list)
+        self.real_by_class: dict[int, list[Tensor]] = defaultdict(list)
+        self.sheet: dict[int, Tensor] = {}
+
+    def add_real(self, labels: Tensor, image: dict[str, Tensor], predict: Any) -> None:
+        """The real images of a batch (where present): diversity and the judge's accuracy."""
+        has_real, real = image["mask"][:, 0], image["pixels"][:, 0]  # (b,), (b, c, s, s)
+        for label, picture, ok in zip(labels.tolist(), real, has_real.tolist(), strict=True):
+            if ok:
+                self.real_by_class[label].append(picture)
+        if has_real.any():
+            self.real_correct += int((predict(real[has_real]) == labels[has_real]).sum())
+            self.real_counted += int(has_real.sum())
+
+    def add_generated(self, labels: Tensor, fake: Tensor, pred: Tensor) -> None:
+        """``(b, n, c, s, s)`` images drawn for conditions of ``labels``, judged ``pred``."""
+        hits = pred == labels[:, None]  # (b, n)
+        self.correct += int(hits.sum())
+        self.counted += len(labels)
+        for label, images, row_hits in zip(labels.tolist(), fake, hits, strict=True):
+            self.per_class[label][0] += int(row_hits.sum())
+            self.per_class[label][1] += self.n
+            self.cond_div.append(float(_pairwise(images)))
+            self.fake_by_class[label].append(images)
+            self.sheet.setdefault(label, images)
+
+    def result(self, names: list[str], seed: int, has_context_head: bool) -> dict[str, Any]:
+        if not self.counted:
+            raise ValueError("no condition to evaluate: no sample carries a conditioning modality")
+        gen = torch.Generator().manual_seed(seed)
+        real_div = _class_diversity(self.real_by_class, gen)
+        cond = sum(self.cond_div) / len(self.cond_div)
+        return {
+            "conditions": self.counted,
+            "images": self.counted * self.n,
+            "conditional_accuracy": self.correct / (self.counted * self.n),
+            "per_class_accuracy": {names[k]: c / t for k, (c, t) in sorted(self.per_class.items())},
+            "context_accuracy": self.ctx_correct / self.counted if has_context_head else None,
+            "classifier_accuracy_real": (
+                self.real_correct / self.real_counted if self.real_counted else None
+            ),
+            "diversity_per_condition": cond,
+            "diversity_per_class_generated": _class_diversity(self.fake_by_class, gen),
+            "diversity_per_class_real": real_div,
+            "diversity_ratio": cond / real_div,
+            "conditions_without_any_conditioning_modality": self.no_condition,
+            "sheet": torch.stack([self.sheet[k] for k in sorted(self.sheet)]),
+            "sheet_labels": [names[k] for k in sorted(self.sheet)],
+        }
+
+
+def _class_diversity(
+    by_class: dict[int, list[Tensor]], gen: torch.Generator, cap: int = 200
+) -> float:
+    """Mean over classes of the pairwise distance of (at most ``cap``) images of one class."""
+    values = []
+    for images in by_class.values():
+        stack = torch.cat([x.reshape(-1, *x.shape[-3:]) for x in images])
+        if len(stack) > 1:  # a class with one image has no pair
+            stack = stack[torch.randperm(len(stack), generator=gen)[:cap]]
+            values.append(float(_pairwise(stack)))
+    return sum(values) / len(values) if values else float("nan")
 
 
 def evaluate_gan(
@@ -222,13 +323,11 @@ def evaluate_gan(
         The figures (see ``gan_eval_main``) and per-class accuracies, plus one row of
         ``n`` generated images per class (``sheet``, ``(classes, n, c, s, s)`` uint8).
     """
-    correct = counted = no_condition = real_correct = real_counted = ctx_correct = 0
-    per_class: dict[int, list[int]] = defaultdict(lambda: [0, 0])
-    cond_div: list[float] = []
-    fake_by_class: dict[int, list[Tensor]] = defaultdict(list)
-    real_by_class: dict[int, list[Tensor]] = defaultdict(list)
-    errors: list[str] = []
-    sheet: dict[int, Tensor] = {}
+    tally, errors = _Tally(n), []
+
+    def judge(images: Tensor) -> Tensor:
+        return _classify(classifier, images, classifier_size, device)
+
     bar = tqdm(total=total, unit="condition", file=sys.stderr)
     for batch, failed in batches:
         errors += failed
@@ -236,72 +335,23 @@ def evaluate_gan(
         if not batch["ids"]:
             continue
         labels = batch["label"]
-        image = batch["inputs"]["image"]
-        has_real = image["mask"][:, 0]
-        real_by = image["pixels"][:, 0]  # (b, c, s, s)
-        for label, real, ok in zip(labels.tolist(), real_by, has_real.tolist(), strict=True):
-            if ok:
-                real_by_class[label].append(real)
-        if has_real.any():
-            pred = _classify(classifier, real_by[has_real], classifier_size, device)
-            real_correct += int((pred == labels[has_real]).sum())
-            real_counted += int(has_real.sum())
+        tally.add_real(labels, batch["inputs"]["image"], judge)
         conditioned = torch.stack([batch["present"][m] for m in model.context.encoders]).any(0)
-        no_condition += int((~conditioned).sum())
+        tally.no_condition += int((~conditioned).sum())
         if not conditioned.any():
             continue
         keep = conditioned.nonzero().flatten()
         inputs = {m: _rows(batch["inputs"][m], keep) for m in model.context.encoders}
-        inputs = move_data_to_device(inputs, device)
-        labels = labels[keep]
-        fake = model.sample(inputs, n, seed=seed + counted).cpu()  # (b, n, c, s, s)
-        pred = _classify(classifier, fake.flatten(0, 1), classifier_size, device).view(-1, n)
-        hits = pred == labels[:, None]
-        correct += int(hits.sum())
-        counted += len(keep)
+        inputs, labels = move_data_to_device(inputs, device), labels[keep]
+        fake = model.sample(inputs, n, seed=seed + tally.counted).cpu()  # (b, n, c, s, s)
         if model.aux_head is not None:
             with torch.no_grad():
                 ctx = model.aux_head(model.condition(inputs)[0]).argmax(-1).cpu()
-            ctx_correct += int((ctx == labels).sum())
-        for label, images, row_hits in zip(labels.tolist(), fake, hits, strict=True):
-            per_class[label][0] += int(row_hits.sum())
-            per_class[label][1] += n
-            cond_div.append(float(_pairwise(images)))
-            fake_by_class[label].append(images)
-            sheet.setdefault(label, images)
+            tally.ctx_correct += int((ctx == labels).sum())
+        tally.add_generated(labels, fake, judge(fake.flatten(0, 1)).view(-1, n))
     bar.close()
-    if not counted:
-        raise ValueError("no condition to evaluate: no sample carries a conditioning modality")
-    gen = torch.Generator().manual_seed(seed)
-
-    def class_div(by_class: dict[int, list[Tensor]], cap: int = 200) -> float:
-        values = []
-        for images in by_class.values():
-            stack = torch.cat([x.reshape(-1, *x.shape[-3:]) for x in images])
-            if len(stack) > 1:  # a class with one image has no pair
-                stack = stack[torch.randperm(len(stack), generator=gen)[:cap]]
-                values.append(float(_pairwise(stack)))
-        return sum(values) / len(values) if values else float("nan")
-
-    real_div = class_div(real_by_class)
-    cond = sum(cond_div) / len(cond_div)
-    names = model.class_names
-    return {
-        "conditions": counted,
-        "images": counted * n,
-        "conditional_accuracy": correct / (counted * n),
-        "per_class_accuracy": {names[k]: c / t for k, (c, t) in sorted(per_class.items())},
-        "context_accuracy": ctx_correct / counted if model.aux_head is not None else None,
-        "classifier_accuracy_real": real_correct / real_counted if real_counted else None,
-        "diversity_per_condition": cond,
-        "diversity_per_class_generated": class_div(fake_by_class),
-        "diversity_per_class_real": real_div,
-        "diversity_ratio": cond / real_div,
-        "conditions_without_any_conditioning_modality": no_condition,
-        "failed_samples": errors,
-        "sheet": torch.stack([sheet[k] for k in sorted(sheet)]),
-        "sheet_labels": [names[k] for k in sorted(sheet)],
-    }
+    result = tally.result(model.class_names, seed, model.aux_head is not None)
+    return {**result, "failed_samples": errors}
 
 
 GAN_EVAL_HELP = """\

@@ -285,3 +285,26 @@ def test_gan_eval_refuses_a_classifier_as_the_gan(tmp_path, capsys):
     missing = tmp_path / "none.ckpt"
     assert generate_main(["--ckpt", str(missing), "--text", "x", "--out", str(tmp_path)]) == 2
     assert "none.ckpt" in capsys.readouterr().err
+
+
+def test_gan_eval_arithmetic_against_a_hand_computed_case():
+    from mmctx.pipelines.generate import _Tally
+
+    tally = _Tally(n=2)
+    labels = torch.tensor([0, 1, 1])
+    fake = torch.zeros(3, 2, 1, 2, 2, dtype=torch.uint8)
+    fake[0, 1] = 255  # condition 0: two images at RMS distance 1.0; the others identical
+    tally.add_generated(labels, fake, pred=torch.tensor([[0, 0], [1, 0], [0, 0]]))
+    image = {
+        "pixels": torch.tensor([0, 255, 0], dtype=torch.uint8)
+        .view(3, 1, 1, 1, 1)
+        .expand(3, 1, 1, 2, 2),
+        "mask": torch.tensor([[True], [True], [False]]),
+    }
+    tally.add_real(labels, image, predict=lambda x: torch.tensor([0, 0]))
+    result = tally.result(["zero", "one"], seed=0, has_context_head=False)
+    assert result["conditional_accuracy"] == 3 / 6
+    assert result["per_class_accuracy"] == {"zero": 1.0, "one": 0.25}
+    assert result["classifier_accuracy_real"] == 0.5  # judged [0, 0] against labels [0, 1]
+    assert result["diversity_per_condition"] == pytest.approx(1 / 3)  # (1 + 0 + 0) / 3
+    assert result["conditions"] == 3 and result["images"] == 6
