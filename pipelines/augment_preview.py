@@ -44,6 +44,49 @@ def _text(text: str) -> str:
     return "\n".join(textwrap.wrap(short, 40)[:9])
 
 
+def _before_after(
+    datamodule: MultimodalDataModule, n: int, seed: int
+) -> list[tuple[dict[str, Any], dict[str, Any], set[str]]]:
+    """The first ``n`` training samples that decode: (clean, augmented, dropped modalities)."""
+    clean_set = datamodule.dataset("train")
+    torch.manual_seed(seed)
+    pairs: list[tuple[dict[str, Any], dict[str, Any], set[str]]] = []
+    for i in range(len(clean_set)):
+        clean = clean_set[i]
+        if isinstance(clean, Exception):
+            continue
+        augmented = clean["inputs"]  # each sample is decoded once and augmented from that
+        if datamodule.augment is not None:
+            augmented = datamodule.augment(augmented, np.random.default_rng([seed, i]))
+        dropped: set[str] = set()
+        if datamodule.modality_dropout is not None:
+            present = {m: torch.tensor([m in clean["inputs"]]) for m in datamodule.modalities}
+            dropped = {m for m, d in datamodule.modality_dropout.choose(present).items() if d[0]}
+        pairs.append((clean["inputs"], augmented, dropped))
+        if len(pairs) == n:
+            break
+    return pairs
+
+
+def _draw(
+    ax: Any, modality: str, value: Any, had_it: bool, model: nn.Module, rate: int, augment: bool
+) -> None:
+    """One panel: the image, the log-mel of the audio, the text, or why there is none."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if value is None:
+        note = "dropped\n(modality dropout)" if had_it else "absent"
+        ax.text(0.5, 0.5, note, ha="center", va="center", color="#b03030")
+    elif modality == "image":
+        img = value[0].transpose(1, 2, 0)
+        ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray")
+    elif modality == "audio":
+        spec = _log_mel(model, value, rate, augment=augment)
+        ax.imshow(spec, origin="lower", aspect="auto", cmap="magma")
+    else:
+        ax.text(0.02, 0.98, _text(value), va="top", fontsize=7, family="monospace")
+
+
 def augment_preview(
     model: nn.Module,
     datamodule: MultimodalDataModule,
@@ -74,26 +117,9 @@ def augment_preview(
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    clean_set = datamodule.dataset("train")
-    torch.manual_seed(seed)
-    pairs: list[tuple[dict[str, Any], dict[str, Any], set[str]]] = []
-    for i in range(len(clean_set)):
-        clean = clean_set[i]
-        if isinstance(clean, Exception):
-            continue
-        augmented = clean["inputs"]  # each sample is decoded once and augmented from that
-        if datamodule.augment is not None:
-            augmented = datamodule.augment(augmented, np.random.default_rng([seed, i]))
-        dropped: set[str] = set()
-        if datamodule.modality_dropout is not None:
-            present = {m: torch.tensor([m in clean["inputs"]]) for m in datamodule.modalities}
-            dropped = {m for m, d in datamodule.modality_dropout.choose(present).items() if d[0]}
-        pairs.append((clean["inputs"], augmented, dropped))
-        if len(pairs) == n:
-            break
+    pairs = _before_after(datamodule, n, seed)
     if not pairs:
         raise ValueError("no training sample could be decoded")
-
     columns = [m for m in ("image", "audio", "text") if m in datamodule.modalities]
     fig, axes = plt.subplots(
         len(pairs),
@@ -106,22 +132,10 @@ def augment_preview(
         for c, m in enumerate(columns):
             for side, inputs in enumerate((clean, augmented)):
                 ax = axes[row, 2 * c + side]
-                ax.set_xticks([])
-                ax.set_yticks([])
                 if row == 0:
                     ax.set_title(f"{m} {'after' if side else 'before'}", fontsize=10)
-                if m not in inputs or (side and m in dropped):
-                    note = "dropped\n(modality dropout)" if m in inputs else "absent"
-                    ax.text(0.5, 0.5, note, ha="center", va="center", color="#b03030")
-                    continue
-                if m == "image":
-                    img = inputs[m][0].transpose(1, 2, 0)
-                    ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray")
-                elif m == "audio":
-                    spec = _log_mel(model, inputs[m], rate, augment=bool(side))
-                    ax.imshow(spec, origin="lower", aspect="auto", cmap="magma")
-                else:
-                    ax.text(0.02, 0.98, _text(inputs[m]), va="top", fontsize=7, family="monospace")
+                gone = m not in inputs or (side and m in dropped)
+                _draw(ax, m, None if gone else inputs[m], m in inputs, model, rate, bool(side))
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
