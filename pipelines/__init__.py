@@ -1,4 +1,9 @@
-"""LightningModules and runners assembled from the encoders and the core."""
+"""LightningModules and runners assembled from the encoders and the core.
+
+``MultimodalClassifier`` and ``MultimodalGAN`` put a head on the one ``FusedModel``
+(``mmctx.nn.fused``); ``Predictor`` (``mmctx infer``), export, robustness, augment-preview
+and the GAN's generate / gan-eval are library functions under thin commands.
+"""
 
 from .classifier import MultimodalClassifier
 from .gan import Discriminator, Generator, MultimodalGAN
