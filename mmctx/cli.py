@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import mmctx.data.datamodule  # noqa: F401
@@ -31,7 +32,10 @@ import mmctx.encoders  # noqa: F401
 import mmctx.nn.backbones  # noqa: F401
 import mmctx.pipelines  # noqa: F401
 from mmctx.data.modalities import ENTRY_POINT_GROUPS, load_entry_points
-from mmctx.pipelines import JsonlPredictionWriter
+from mmctx.pipelines import JsonlPredictionWriter, LastCheckpoint, NonFiniteError, NonFiniteGuard
+
+EXIT_NO_CHECKPOINT = 3  # `--ckpt_path last` and no last*.ckpt where the run saves them
+EXIT_NON_FINITE = 4  # training stopped on a non-finite loss, gradient or weight
 
 OVERVIEW = """\
 usage: mmctx COMMAND [options]
@@ -68,6 +72,15 @@ Augmentation and robustness:
 Any config value can be overridden on the command line (--trainer.max_epochs 3),
 configs can be stacked (--config a.yaml --config b.yaml), and
 `mmctx fit --config X --print_config` shows the full resolved config.
+
+A killed fit resumes from the run's last.ckpt (written after every epoch, and every N
+steps with LastCheckpoint's every_n_train_steps): run the same command again with
+`--ckpt_path last`. A non-finite loss stops training (or, with --nonfinite.action skip,
+skips the batch); checkpoints with non-finite weights are never written.
+
+Exit status: 0 done; 1 unexpected error (traceback); 2 bad arguments or config;
+3 `--ckpt_path last` found no checkpoint (the message says where it looked);
+4 training stopped on a non-finite loss, gradient or weight (the message says where).
 """
 
 
@@ -225,12 +238,24 @@ OWN_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 }
 
 
+class CLIStop(Exception):
+    """A run that cannot go on: ``main`` prints the message and exits with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class MMCtxCLI(LightningCLI):
-    """Lightning's CLI: the data's class names go to the model, predictions to JSON Lines."""
+    """Lightning's CLI: the data's class names go to the model, predictions to JSON Lines,
+    a ``NonFiniteGuard`` on every run (``--nonfinite.action skip`` to skip such batches),
+    and ``--ckpt_path last`` that fails loudly rather than start over."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # `mmctx predict ... --predictions.path out.jsonl` (default: the run's log folder)
         parser.add_lightning_class_args(JsonlPredictionWriter, "predictions")
+        # `--nonfinite.action skip` (default stop), `--nonfinite.max_skipped N`
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.link_arguments(
             "data.class_names", "model.init_args.class_names", apply_on="instantiate"
         )
@@ -238,8 +263,65 @@ class MMCtxCLI(LightningCLI):
             "data.multilabel", "model.init_args.multilabel", apply_on="instantiate"
         )
 
+    def before_fit(self) -> None:
+        self._resolve_last_checkpoint()
+
+    def before_validate(self) -> None:
+        self._resolve_last_checkpoint()
+
+    def before_test(self) -> None:
+        self._resolve_last_checkpoint()
+
+    def before_predict(self) -> None:
+        self._resolve_last_checkpoint()
+
+    def _resolve_last_checkpoint(self) -> None:
+        """Turn ``--ckpt_path last`` into the newest ``last*.ckpt`` of the configured
+        checkpoint folders, or stop with ``EXIT_NO_CHECKPOINT`` naming the folders."""
+        config = self.config_init[self.subcommand]
+        folders = checkpoint_folders(self.trainer)
+        if config.get("ckpt_path") != "last":
+            if self.subcommand == "fit" and config.get("ckpt_path") is None:
+                found = find_last_checkpoint(folders)
+                if found is not None:
+                    print(f"note: starting over; to resume instead, add --ckpt_path last ({found})")
+            return
+        found = find_last_checkpoint(folders)
+        if found is None:
+            where = ", ".join(str(f) for f in folders) or (
+                "nowhere: no checkpoint callback has a fixed dirpath (add "
+                "mmctx.pipelines.LastCheckpoint to trainer.callbacks)"
+            )
+            raise CLIStop(
+                f"--ckpt_path last: no last checkpoint (last*.ckpt) found; looked in {where}. "
+                "Not starting over: drop --ckpt_path to train from scratch.",
+                EXIT_NO_CHECKPOINT,
+            )
+        print(f"resuming from {found}")
+        config["ckpt_path"] = str(found)
+
     def after_fit(self) -> None:
         report_fit(self.trainer, self.datamodule)
+
+
+def checkpoint_folders(trainer: L.Trainer) -> list[Path]:
+    """The folders where this trainer's checkpoint callbacks save, where fixed before fit."""
+    folders: list[Path] = []
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, LastCheckpoint):
+            callback.resolve_dirpath(trainer)
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
+            folder = Path(callback.dirpath)
+            if folder not in folders:
+                folders.append(folder)
+    return folders
+
+
+def find_last_checkpoint(folders: Sequence[Path]) -> Path | None:
+    """The newest ``last.ckpt`` (or ``last-v<N>.ckpt``) in ``folders``, or None."""
+    found = [p for f in folders if f.is_dir() for p in f.glob("last*.ckpt")]
+    found = [p for p in found if p.stem == "last" or p.stem.startswith("last-v")]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def load_plugins() -> None:
@@ -252,6 +334,9 @@ def load_plugins() -> None:
 def lightning_cli(argv: Sequence[str] | None, **kwargs: Any) -> MMCtxCLI:
     """Run (or, with ``run=False``, only build) the Lightning part of the CLI."""
     load_plugins()
+    # reruns (validate/test/predict with --trainer.logger false, a resumed fit) write the
+    # config where the first run did
+    kwargs.setdefault("save_config_kwargs", {"overwrite": True})
     return MMCtxCLI(
         L.LightningModule,
         L.LightningDataModule,
@@ -309,7 +394,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[0] in OWN_COMMANDS:
         load_plugins()
         return OWN_COMMANDS[args[0]](args[1:])
-    lightning_cli(None if argv is None else args)  # None: Lightning reads sys.argv itself
+    try:
+        lightning_cli(None if argv is None else args)  # None: Lightning reads sys.argv itself
+    except CLIStop as stop:
+        print(f"mmctx {args[0]}: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except NonFiniteError as error:
+        print(f"mmctx {args[0]}: {error}", file=sys.stderr)
+        return EXIT_NON_FINITE
     return 0
 
 

@@ -1,5 +1,6 @@
 """LightningModules and runners assembled from the encoders and the core."""
 
+from .callbacks import LastCheckpoint, NonFiniteError, NonFiniteGuard
 from .classifier import MultimodalClassifier
 from .gan import Discriminator, Generator, MultimodalGAN
 from .inference import Predictor
@@ -9,7 +10,10 @@ __all__ = [
     "Discriminator",
     "Generator",
     "JsonlPredictionWriter",
+    "LastCheckpoint",
     "MultimodalClassifier",
     "MultimodalGAN",
+    "NonFiniteError",
+    "NonFiniteGuard",
     "Predictor",
 ]
