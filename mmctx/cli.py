@@ -238,6 +238,18 @@ OWN_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 }
 
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_EPILOG = (
+    "Resuming: the shipped configs write <default_root_dir>/checkpoints/last.ckpt after every "
+    "epoch (and every N steps with LastCheckpoint's every_n_train_steps: N); after a kill, "
+    "run the same command with --ckpt_path last. Non-finite values: training stops at the "
+    "first non-finite loss or gradient (--nonfinite.action skip skips that batch instead); "
+    "non-finite weights are never saved. Exit status: 0 done; 1 unexpected error; "
+    "2 bad arguments or config; 3 --ckpt_path last found no checkpoint; "
+    "4 stopped on a non-finite value."
+)
+
+
 class CLIStop(Exception):
     """A run that cannot go on: ``main`` prints the message and exits with ``exit_code``."""
 
@@ -337,6 +349,9 @@ def lightning_cli(argv: Sequence[str] | None, **kwargs: Any) -> MMCtxCLI:
     # reruns (validate/test/predict with --trainer.logger false, a resumed fit) write the
     # config where the first run did
     kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+    kwargs.setdefault(
+        "parser_kwargs", {c: {"epilog": LIGHTNING_EPILOG} for c in LIGHTNING_COMMANDS}
+    )
     return MMCtxCLI(
         L.LightningModule,
         L.LightningDataModule,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -128,7 +128,9 @@ class NonFiniteGuard(Callback):
             were skipped (None: no limit).
     """
 
-    def __init__(self, action: str = "stop", max_skipped: int | None = None) -> None:
+    def __init__(
+        self, action: Literal["stop", "skip"] = "stop", max_skipped: int | None = None
+    ) -> None:
         if action not in NONFINITE_ACTIONS:
             raise ValueError(f"action must be one of {list(NONFINITE_ACTIONS)}, got {action!r}")
         if max_skipped is not None and max_skipped < 0:

@@ -66,6 +66,25 @@ def test_every_shipped_config_parses(config, capsys):
         )
 
 
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_every_shipped_config_keeps_last_ckpt_where_a_rerun_finds_it(config, capsys):
+    base = (
+        ["--config", str(config.parent / OVERLAYS[config.name])] if config.name in OVERLAYS else []
+    )
+    with pytest.raises(SystemExit):
+        main(["fit", *base, "--config", str(config), "--print_config"])
+    trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    folder = f"{trainer['default_root_dir']}/checkpoints"  # one stable folder per run
+    callbacks = {c["class_path"].rsplit(".", 1)[-1]: c["init_args"] for c in trainer["callbacks"]}
+    assert callbacks["LastCheckpoint"]["dirpath"] == folder
+    if "ModelCheckpoint" in callbacks:  # the best checkpoints, beside last.ckpt
+        best = callbacks["ModelCheckpoint"]
+        assert best["dirpath"] == folder and best["monitor"] == "val/acc"
+        assert best["filename"].startswith("best-") and not best.get("save_last")
+    else:
+        assert config.name.startswith("gan_"), "a classifier config without best checkpoints"
+
+
 def test_demo_data_command_writes_manifests(tmp_path, capsys):
     assert (
         main(["demo-data", "--out", str(tmp_path / "d"), "--num-samples", "30", "--seed", "3"]) == 0

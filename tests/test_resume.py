@@ -291,6 +291,7 @@ def test_nan_weights_are_never_chosen_as_best(tmp_path):
     with pytest.raises(NonFiniteError, match="non-finite weights in layer.weight"):
         trainer.fit(model, _loader([]), _loader([], 2))
     best = trainer.checkpoint_callback.best_model_path
+    assert float(trainer.checkpoint_callback.best_model_score) == 0.0  # NaN state never ranked
     assert Path(best).name == "best.ckpt" and _load(Path(best))["epoch"] == 0
     for path in tmp_path.glob("*.ckpt"):
         state = _load(path)["state_dict"]
@@ -345,3 +346,49 @@ def test_guard_rejects_bad_settings():
         NonFiniteGuard(action="ignore")
     with pytest.raises(ValueError, match="every_n_train_steps must be >= 0, got -1"):
         LastCheckpoint(every_n_train_steps=-1)
+
+
+class _OneBatch(L.LightningDataModule):
+    def __init__(self, batch: dict) -> None:
+        super().__init__()
+        self.batch = batch
+
+    def train_dataloader(self):
+        return DataLoader([self.batch], batch_size=None)
+
+
+def test_gan_with_a_nan_condition_stops_before_any_weight_moves(tmp_path):
+    from mmctx.encoders import AudioRNNEncoder
+    from mmctx.nn.backbones import TransformerBackbone
+    from mmctx.pipelines import MultimodalGAN
+
+    encoders = {"audio": AudioRNNEncoder(sample_rate=8000, n_mels=16, hidden_dim=8, num_layers=1)}
+    model = MultimodalGAN(encoders, TransformerBackbone(dim=16, depth=1, heads=2), list("ab"),
+                          image_size=16, z_dim=8, cond_dim=8, g_width=4, d_width=4,
+                          sample_every_n_steps=0)  # fmt: skip
+    waveform = torch.randn(2, 1600) * 0.1
+    waveform[1, 5] = float("nan")
+    batch = {
+        "ids": ["x", "y"], "lines": [0, 1], "errors": [], "label": torch.tensor([0, 1]),
+        "present": {"audio": torch.ones(2, dtype=torch.bool)},
+        "inputs": {
+            "audio": {"waveform": waveform, "lengths": torch.full((2,), 1600), "sample_rate": 8000},
+            "image": {"pixels": torch.randint(0, 256, (2, 1, 1, 16, 16), dtype=torch.uint8),
+                      "mask": torch.ones(2, 1, dtype=torch.bool)},
+        },
+    }  # fmt: skip
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    trainer = _trainer(tmp_path, NonFiniteGuard(), max_steps=2, limit_val_batches=0)
+    with pytest.raises(NonFiniteError, match="non-finite training loss .* global step 0, batch 0"):
+        trainer.fit(model, datamodule=_OneBatch(batch))
+    assert all(torch.equal(before[k], p) for k, p in model.named_parameters())  # no step taken
+    assert not list(tmp_path.glob("*.ckpt*"))
+
+
+def test_fit_help_documents_resuming_and_exit_statuses(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--help"])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--nonfinite.action" in out and "run the same command with --ckpt_path last" in out
+    assert "3 --ckpt_path last found no checkpoint; 4 stopped on a non-finite value" in out
