@@ -32,7 +32,7 @@ import mmctx.encoders  # noqa: F401
 import mmctx.nn.backbones  # noqa: F401
 import mmctx.pipelines  # noqa: F401
 from mmctx.data.modalities import ENTRY_POINT_GROUPS, load_entry_points
-from mmctx.pipelines import JsonlPredictionWriter, LastCheckpoint, NonFiniteError, NonFiniteGuard
+from mmctx.pipelines import JsonlPredictionWriter, NonFiniteError, NonFiniteGuard, RunCheckpoint
 
 EXIT_NO_CHECKPOINT = 3  # `--ckpt_path last` and no last*.ckpt where the run saves them
 EXIT_NON_FINITE = 4  # training stopped on a non-finite loss, gradient or weight
@@ -320,7 +320,7 @@ def checkpoint_folders(trainer: L.Trainer) -> list[Path]:
     """The folders where this trainer's checkpoint callbacks save, where fixed before fit."""
     folders: list[Path] = []
     for callback in trainer.checkpoint_callbacks:
-        if isinstance(callback, LastCheckpoint):
+        if isinstance(callback, RunCheckpoint):
             callback.resolve_dirpath(trainer)
         if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
             folder = Path(callback.dirpath)

@@ -1,6 +1,6 @@
 """LightningModules and runners assembled from the encoders and the core."""
 
-from .callbacks import LastCheckpoint, NonFiniteError, NonFiniteGuard
+from .callbacks import LastCheckpoint, NonFiniteError, NonFiniteGuard, RunCheckpoint
 from .classifier import MultimodalClassifier
 from .gan import Discriminator, Generator, MultimodalGAN
 from .inference import Predictor
@@ -16,4 +16,5 @@ __all__ = [
     "NonFiniteError",
     "NonFiniteGuard",
     "Predictor",
+    "RunCheckpoint",
 ]

@@ -2,7 +2,8 @@
 that stops (or, if asked, skips) non-finite losses and never saves non-finite weights.
 
 ``mmctx fit`` registers ``NonFiniteGuard`` by itself (settings under ``nonfinite:``);
-the shipped configs list ``LastCheckpoint`` next to the best-checkpoint callback.
+the shipped configs list ``LastCheckpoint`` next to a ``RunCheckpoint`` for the best
+checkpoints, both in ``<trainer.default_root_dir>/checkpoints``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,25 @@ class NonFiniteError(RuntimeError):
     """Training met a non-finite loss, gradient or weight and was stopped."""
 
 
-class LastCheckpoint(ModelCheckpoint):
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose default folder is ``<trainer.default_root_dir>/checkpoints``,
+    the same for every run of a config, instead of the logger's new ``version_N`` folder,
+    so a rerun with ``--ckpt_path last`` finds its checkpoints and resuming keeps the best
+    ones. Takes ``ModelCheckpoint``'s arguments; an explicit ``dirpath`` wins.
+    """
+
+    def resolve_dirpath(self, trainer: L.Trainer) -> Path:
+        """The checkpoint folder (``dirpath``, else under ``default_root_dir``)."""
+        if self.dirpath is None:
+            self.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
+        return Path(self.dirpath)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.resolve_dirpath(trainer)
+        super().setup(trainer, pl_module, stage)
+
+
+class LastCheckpoint(RunCheckpoint):
     """Write ``last.ckpt`` with the latest state after every training epoch (after that
     epoch's validation) and, optionally, every ``every_n_train_steps`` optimizer steps.
 
@@ -54,16 +73,6 @@ class LastCheckpoint(ModelCheckpoint):
             every_n_train_steps=every_n_train_steps,
             enable_version_counter=False,
         )
-
-    def resolve_dirpath(self, trainer: L.Trainer) -> Path:
-        """The folder of ``last.ckpt`` (``dirpath``, else under ``default_root_dir``)."""
-        if self.dirpath is None:
-            self.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
-        return Path(self.dirpath)
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.resolve_dirpath(trainer)
-        super().setup(trainer, pl_module, stage)
 
     def _skip(self, trainer: L.Trainer) -> bool:
         return bool(trainer.fast_dev_run) or trainer.sanity_checking

@@ -74,15 +74,20 @@ def test_every_shipped_config_keeps_last_ckpt_where_a_rerun_finds_it(config, cap
     with pytest.raises(SystemExit):
         main(["fit", *base, "--config", str(config), "--print_config"])
     trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
-    folder = f"{trainer['default_root_dir']}/checkpoints"  # one stable folder per run
+    if config.name in OVERLAYS:  # an overlay's runs must not resume or overwrite the base's
+        base_config = yaml.safe_load((config.parent / OVERLAYS[config.name]).read_text())
+        assert trainer["default_root_dir"] != base_config["trainer"]["default_root_dir"]
     callbacks = {c["class_path"].rsplit(".", 1)[-1]: c["init_args"] for c in trainer["callbacks"]}
-    assert callbacks["LastCheckpoint"]["dirpath"] == folder
-    if "ModelCheckpoint" in callbacks:  # the best checkpoints, beside last.ckpt
-        best = callbacks["ModelCheckpoint"]
-        assert best["dirpath"] == folder and best["monitor"] == "val/acc"
-        assert best["filename"].startswith("best-") and not best.get("save_last")
-    else:
-        assert config.name.startswith("gan_"), "a classifier config without best checkpoints"
+    # both in <default_root_dir>/checkpoints (see test_resume), the same for every run
+    last = callbacks["LastCheckpoint"]
+    assert last["dirpath"] is None and last["every_n_train_steps"] == 0
+    if config.name.startswith("gan_"):
+        assert len(callbacks) == 1
+    else:  # the best checkpoints, beside last.ckpt
+        best = callbacks.pop("RunCheckpoint")
+        assert best["dirpath"] is None and best["monitor"] == "val/acc" and best["mode"] == "max"
+        assert best["filename"] == "best-{epoch:02d}" and not best["save_last"]
+        assert len(callbacks) == 1
 
 
 def test_demo_data_command_writes_manifests(tmp_path, capsys):

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from mmctx.cli import EXIT_NO_CHECKPOINT, EXIT_NON_FINITE, main
-from mmctx.pipelines import LastCheckpoint, NonFiniteError, NonFiniteGuard
+from mmctx.pipelines import LastCheckpoint, NonFiniteError, NonFiniteGuard, RunCheckpoint
 
 DEMO = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
 
@@ -36,7 +36,6 @@ def _plain_argv(monkeypatch):
 
 def _tiny_config(tmp_path: Path, every_n_train_steps: int, max_epochs: int) -> Path:
     """An image-only classifier small enough that a CLI fit takes seconds on 2 cores."""
-    ckpt_dir = str(tmp_path / "runs" / "tiny" / "checkpoints")
     config = {
         "seed_everything": 0,
         "model": {
@@ -81,9 +80,8 @@ def _tiny_config(tmp_path: Path, every_n_train_steps: int, max_epochs: int) -> P
             },
             "callbacks": [
                 {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "class_path": "mmctx.pipelines.RunCheckpoint",
                     "init_args": {
-                        "dirpath": ckpt_dir,
                         "monitor": "val/acc",
                         "mode": "max",
                         "filename": "best-{epoch:02d}",
@@ -91,7 +89,7 @@ def _tiny_config(tmp_path: Path, every_n_train_steps: int, max_epochs: int) -> P
                 },
                 {
                     "class_path": "mmctx.pipelines.LastCheckpoint",
-                    "init_args": {"dirpath": ckpt_dir, "every_n_train_steps": every_n_train_steps},
+                    "init_args": {"every_n_train_steps": every_n_train_steps},
                 },
             ],
         },
@@ -339,6 +337,15 @@ def test_cli_exits_with_status_4_and_a_message_on_nan(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err
     assert err.startswith("mmctx fit: non-finite training loss (nan) at epoch 0, global step 1")
     assert "Traceback" not in err
+
+
+def test_checkpoint_folder_defaults_to_the_root_dir_not_a_version_folder(tmp_path):
+    best, last = RunCheckpoint(monitor="val_score"), LastCheckpoint()
+    own = RunCheckpoint(dirpath=tmp_path / "mine")
+    trainer = L.Trainer(default_root_dir=tmp_path / "run", callbacks=[best, last, own])
+    assert best.resolve_dirpath(trainer) == tmp_path / "run" / "checkpoints"
+    assert last.resolve_dirpath(trainer) == tmp_path / "run" / "checkpoints"
+    assert own.resolve_dirpath(trainer) == tmp_path / "mine"
 
 
 def test_guard_rejects_bad_settings():
