@@ -301,8 +301,8 @@ class MMCtxCLI(LightningCLI):
         found = find_last_checkpoint(folders)
         if found is None:
             where = ", ".join(str(f) for f in folders) or (
-                "nowhere: no checkpoint callback has a fixed dirpath (add "
-                "mmctx.pipelines.LastCheckpoint to trainer.callbacks)"
+                "nowhere: trainer.callbacks has no LastCheckpoint (nor another checkpoint "
+                "callback with a dirpath), so no run of this config saved one"
             )
             raise CLIStop(
                 f"--ckpt_path last: no last checkpoint (last*.ckpt) found; looked in {where}. "

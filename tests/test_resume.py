@@ -164,6 +164,15 @@ def test_ckpt_path_last_without_checkpoint_exits_nonzero(tmp_path, monkeypatch, 
     assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "runs" / "demo" / "logs").exists()
 
 
+def test_ckpt_path_last_without_checkpoint_callback_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = main(["fit", "--model", f"{__name__}._TinyModel", "--data", f"{__name__}._TinyData",
+                 "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
+                 "--ckpt_path", "last"])  # fmt: skip
+    assert code == EXIT_NO_CHECKPOINT
+    assert "looked in nowhere: trainer.callbacks has no LastCheckpoint" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", ["validate", "test"])
 def test_evaluating_twice_without_logger_works(tmp_path, monkeypatch, capsys, command):
     monkeypatch.chdir(tmp_path)
