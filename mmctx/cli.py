@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import mmctx.data.datamodule  # noqa: F401
@@ -33,8 +34,8 @@ import mmctx.nn.backbones  # noqa: F401
 import mmctx.pipelines  # noqa: F401
 from mmctx.checkpoints import plain_config
 from mmctx.data.modalities import ENTRY_POINT_GROUPS, load_entry_points
-from mmctx.errors import run_command
-from mmctx.pipelines import JsonlPredictionWriter
+from mmctx.errors import EXIT_NON_FINITE, EXIT_USAGE, ConfigError, one_line, run_command
+from mmctx.pipelines import JsonlPredictionWriter, NonFiniteError, NonFiniteGuard, RunCheckpoint
 
 OVERVIEW = """\
 usage: mmctx COMMAND [options]
@@ -71,6 +72,17 @@ Augmentation and robustness:
 Any config value can be overridden on the command line (--trainer.max_epochs 3),
 configs can be stacked (--config a.yaml --config b.yaml), and
 `mmctx fit --config X --print_config` shows the full resolved config.
+
+A killed fit resumes from the run's last.ckpt (written after every epoch, and every N
+steps with LastCheckpoint's every_n_train_steps): run the same command again with
+`--ckpt_path last`. A non-finite loss stops training (or, with --nonfinite.action skip,
+skips the batch); checkpoints with non-finite weights are never written.
+
+Exit status (every command): 0 done; 1 some samples failed (infer, validate-data,
+generate; each one reported); 2 the run could not start (bad arguments or config,
+unreadable input, `--ckpt_path last` with no checkpoint: the message says where it looked);
+3 a bug in mmctx (the traceback goes to a log file named on stderr); 4 training stopped
+on a non-finite loss, gradient or weight (the message says where).
 """
 
 
@@ -228,12 +240,36 @@ OWN_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 }
 
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_EPILOG = (
+    "Resuming: the shipped configs write <default_root_dir>/checkpoints/last.ckpt after every "
+    "epoch (and every N steps with LastCheckpoint's every_n_train_steps: N); after a kill, "
+    "run the same command with --ckpt_path last. Non-finite values: training stops at the "
+    "first non-finite loss or gradient (--nonfinite.action skip skips that batch instead); "
+    "non-finite weights are never saved. Exit status: 0 done; 2 bad arguments or config, or "
+    "--ckpt_path last found no checkpoint; 3 a bug in mmctx (traceback in the log file "
+    "named on stderr); 4 stopped on a non-finite value."
+)
+
+
+class CLIStop(Exception):
+    """A run that cannot go on: ``main`` prints the message and exits with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class MMCtxCLI(LightningCLI):
-    """Lightning's CLI: the data's class names go to the model, predictions to JSON Lines."""
+    """Lightning's CLI: the data's class names go to the model, predictions to JSON Lines,
+    a ``NonFiniteGuard`` on every run (``--nonfinite.action skip`` to skip such batches),
+    and ``--ckpt_path last`` that fails loudly rather than start over."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # `mmctx predict ... --predictions.path out.jsonl` (default: the run's log folder)
         parser.add_lightning_class_args(JsonlPredictionWriter, "predictions")
+        # `--nonfinite.action skip` (default stop), `--nonfinite.max_skipped N`
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.link_arguments(
             "data.class_names", "model.init_args.class_names", apply_on="instantiate"
         )
@@ -242,9 +278,49 @@ class MMCtxCLI(LightningCLI):
         )
 
     def instantiate_classes(self) -> None:
-        super().instantiate_classes()
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:  # a component refused its settings
+            raise ConfigError(f"cannot build the configured run: {one_line(str(err))}") from err
         config = self.config[self.subcommand] if self.subcommand else self.config
         record_model_config(self.model, config.model)
+
+    def before_fit(self) -> None:
+        self._resolve_last_checkpoint()
+
+    def before_validate(self) -> None:
+        self._resolve_last_checkpoint()
+
+    def before_test(self) -> None:
+        self._resolve_last_checkpoint()
+
+    def before_predict(self) -> None:
+        self._resolve_last_checkpoint()
+
+    def _resolve_last_checkpoint(self) -> None:
+        """Turn ``--ckpt_path last`` into the newest ``last*.ckpt`` of the configured
+        checkpoint folders, or stop with ``EXIT_USAGE`` naming the folders."""
+        config = self.config_init[self.subcommand]
+        folders = checkpoint_folders(self.trainer)
+        if config.get("ckpt_path") != "last":
+            if self.subcommand == "fit" and config.get("ckpt_path") is None:
+                found = find_last_checkpoint(folders)
+                if found is not None:
+                    print(f"note: starting over; to resume instead, add --ckpt_path last ({found})")
+            return
+        found = find_last_checkpoint(folders)
+        if found is None:
+            where = ", ".join(str(f) for f in folders) or (
+                "nowhere: trainer.callbacks has no LastCheckpoint (nor another checkpoint "
+                "callback with a dirpath), so no run of this config saved one"
+            )
+            raise CLIStop(
+                f"--ckpt_path last: no last checkpoint (last*.ckpt) found; looked in {where}. "
+                "Not starting over: drop --ckpt_path to train from scratch.",
+                EXIT_USAGE,
+            )
+        print(f"resuming from {found}")
+        config["ckpt_path"] = str(found)
 
     def after_fit(self) -> None:
         report_fit(self.trainer, self.datamodule)
@@ -267,6 +343,26 @@ def record_model_config(model: L.LightningModule, config: Any) -> None:
         hparams.setdefault(key, value)
 
 
+def checkpoint_folders(trainer: L.Trainer) -> list[Path]:
+    """The folders where this trainer's checkpoint callbacks save, where fixed before fit."""
+    folders: list[Path] = []
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, RunCheckpoint):
+            callback.resolve_dirpath(trainer)
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
+            folder = Path(callback.dirpath)
+            if folder not in folders:
+                folders.append(folder)
+    return folders
+
+
+def find_last_checkpoint(folders: Sequence[Path]) -> Path | None:
+    """The newest ``last.ckpt`` (or ``last-v<N>.ckpt``) in ``folders``, or None."""
+    found = [p for f in folders if f.is_dir() for p in f.glob("last*.ckpt")]
+    found = [p for p in found if p.stem == "last" or p.stem.startswith("last-v")]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 def load_plugins() -> None:
     """Import the encoders and modalities that installed packages declare in the entry-point
     groups ``mmctx.encoders`` and ``mmctx.data.modalities``, so configs can name them shortly."""
@@ -277,6 +373,12 @@ def load_plugins() -> None:
 def lightning_cli(argv: Sequence[str] | None, **kwargs: Any) -> MMCtxCLI:
     """Run (or, with ``run=False``, only build) the Lightning part of the CLI."""
     load_plugins()
+    # reruns (validate/test/predict with --trainer.logger false, a resumed fit) write the
+    # config where the first run did
+    kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+    kwargs.setdefault(
+        "parser_kwargs", {c: {"epilog": LIGHTNING_EPILOG} for c in LIGHTNING_COMMANDS}
+    )
     return MMCtxCLI(
         L.LightningModule,
         L.LightningDataModule,
@@ -334,7 +436,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[0] in OWN_COMMANDS:
         load_plugins()
         return run_command(args[0], OWN_COMMANDS[args[0]], args[1:])  # exit 3 on a bug
-    lightning_cli(None if argv is None else args)  # None: Lightning reads sys.argv itself
+    return run_command(
+        args[0], lambda rest: _lightning(args[0], None if argv is None else rest), args
+    )
+
+
+def _lightning(command: str, argv: list[str] | None) -> int:
+    """Run one of Lightning's commands; a stop the user can act on becomes its exit status."""
+    try:
+        lightning_cli(argv)  # None: Lightning reads sys.argv itself
+    except (CLIStop, ConfigError) as stop:
+        print(f"mmctx {command}: {stop}", file=sys.stderr)
+        return getattr(stop, "exit_code", EXIT_USAGE)
+    except NonFiniteError as error:
+        print(f"mmctx {command}: {error}", file=sys.stderr)
+        return EXIT_NON_FINITE
     return 0
 
 

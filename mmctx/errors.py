@@ -35,6 +35,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_BUG = 3
+EXIT_NON_FINITE = 4  # training stopped on a non-finite loss, gradient or weight
 EXIT_INTERRUPTED = 130
 
 EXIT_STATUS_HELP = """\
@@ -44,6 +45,11 @@ exit status:
   2  the run could not start (bad arguments, unreadable manifest or checkpoint)
   3  a bug in mmctx: the traceback is written to a log file named on stderr
 """
+
+
+class ConfigError(ValueError):
+    """Settings that cannot work together (found once the run's parts meet); exit status 2."""
+
 
 # Lone surrogates: U+DC80..U+DCFF are bytes that were not UTF-8, decoded with
 # ``surrogateescape`` (file names, argv); any other surrogate is an unpaired JSON escape.

@@ -5,6 +5,7 @@
 and the GAN's generate / gan-eval are library functions under thin commands.
 """
 
+from .callbacks import LastCheckpoint, NonFiniteError, NonFiniteGuard, RunCheckpoint
 from .classifier import MultimodalClassifier
 from .gan import Discriminator, Generator, MultimodalGAN
 from .inference import Predictor
@@ -14,7 +15,11 @@ __all__ = [
     "Discriminator",
     "Generator",
     "JsonlPredictionWriter",
+    "LastCheckpoint",
     "MultimodalClassifier",
     "MultimodalGAN",
+    "NonFiniteError",
+    "NonFiniteGuard",
     "Predictor",
+    "RunCheckpoint",
 ]

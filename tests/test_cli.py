@@ -66,6 +66,30 @@ def test_every_shipped_config_parses(config, capsys):
         )
 
 
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_every_shipped_config_keeps_last_ckpt_where_a_rerun_finds_it(config, capsys):
+    base = (
+        ["--config", str(config.parent / OVERLAYS[config.name])] if config.name in OVERLAYS else []
+    )
+    with pytest.raises(SystemExit):
+        main(["fit", *base, "--config", str(config), "--print_config"])
+    trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    if config.name in OVERLAYS:  # an overlay's runs must not resume or overwrite the base's
+        base_config = yaml.safe_load((config.parent / OVERLAYS[config.name]).read_text())
+        assert trainer["default_root_dir"] != base_config["trainer"]["default_root_dir"]
+    callbacks = {c["class_path"].rsplit(".", 1)[-1]: c["init_args"] for c in trainer["callbacks"]}
+    # both in <default_root_dir>/checkpoints (see test_resume), the same for every run
+    last = callbacks["LastCheckpoint"]
+    assert last["dirpath"] is None and last["every_n_train_steps"] == 0
+    if config.name.startswith("gan_"):
+        assert len(callbacks) == 1
+    else:  # the best checkpoints, beside last.ckpt
+        best = callbacks.pop("RunCheckpoint")
+        assert best["dirpath"] is None and best["monitor"] == "val/acc" and best["mode"] == "max"
+        assert best["filename"] == "best-{epoch:02d}" and not best["save_last"]
+        assert len(callbacks) == 1
+
+
 def test_demo_data_command_writes_manifests(tmp_path, capsys):
     assert (
         main(["demo-data", "--out", str(tmp_path / "d"), "--num-samples", "30", "--seed", "3"]) == 0

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
+from mmctx.errors import ConfigError
 from mmctx.features import FeatureSequence
 from mmctx.nn.backbones import FusionBackbone
 from mmctx.nn.fusion import MultimodalFusion
@@ -62,7 +63,7 @@ class FusedModel(nn.Module):
         """Refuse data settings that do not fit an encoder, before any batch is read.
 
         Raises:
-            ValueError: Naming the encoder's setting, the data's setting and both values.
+            ConfigError: A ``ValueError`` naming the encoder's setting, the data's setting and both values.
         """
         problems = []
         for m, enc in self.encoders.items():
@@ -79,7 +80,7 @@ class FusedModel(nn.Module):
                     f"data.image_channels={image_channels}"
                 )
         if problems:
-            raise ValueError("; ".join(problems) + ": set each pair to the same value")
+            raise ConfigError("; ".join(problems) + ": set each pair to the same value")
 
     def sequence(self, inputs: Mapping[str, Any]) -> FeatureSequence:
         """The backbone's output ``(b, n, d)`` for a collated batch's ``inputs``."""
