@@ -220,7 +220,7 @@ def test_fit_and_predict_through_the_cli(plugin_dir, tmp_path, monkeypatch):
     assert len(val_acc) == 6 and max(val_acc) >= 0.9  # only the sensor tells the label
     ckpt = next(run.glob("**/best.ckpt"))
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    assert any(k.startswith("encoders.sensor.mlp.") for k in state["state_dict"])
+    assert any(k.startswith("fused.encoders.sensor.mlp.") for k in state["state_dict"])
     # the checkpoint records the plugin modality with its settings, and that rebuilds it
     recorded = data_settings(state)["modalities"]
     sensor = {"class_path": f"{MODULE}.SensorModality", "init_args": {"channels": 3, "max_rows": 8}}

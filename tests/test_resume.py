@@ -408,4 +408,5 @@ def test_fit_help_documents_resuming_and_exit_statuses(capsys):
     assert info.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "--nonfinite.action" in out and "run the same command with --ckpt_path last" in out
-    assert "3 --ckpt_path last found no checkpoint; 4 stopped on a non-finite value" in out
+    assert "2 bad arguments or config, or --ckpt_path last found no checkpoint" in out
+    assert "3 a bug in mmctx" in out and "4 stopped on a non-finite value" in out
