@@ -11,11 +11,13 @@ infinity are rejected right after decoding, and text must be encodable as UTF-8.
 from __future__ import annotations
 
 import codecs
+import math
 import os
 import re
 import stat
 import warnings
 from dataclasses import dataclass, fields
+from fractions import Fraction
 from io import BytesIO
 from pathlib import Path
 
@@ -280,12 +282,33 @@ def read_audio(
     # The mean in float64: two channels near float32's maximum would overflow to inf.
     mono = data.mean(axis=1, dtype=np.float64).astype(np.float32)
     if sample_rate is not None and sample_rate != rate:
-        import torch
-        import torchaudio.functional as AF
-
-        mono = AF.resample(torch.from_numpy(mono), rate, sample_rate).numpy()
+        mono = _resample(mono, rate, sample_rate)
     mono = np.clip(mono, -1.0, 1.0)
     return check_finite(path, mono.astype(np.float32, copy=False), "resampled audio", "samples")
+
+
+# Most elements of the sinc kernel a resampling may build (torchaudio's kernel is about
+# (target / g) x (rate / g) for g = gcd(rate, target): 44,101 Hz -> 8 kHz would need 6 GB).
+MAX_RESAMPLE_KERNEL = 2**22
+
+
+def _resample(mono: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """``mono`` from ``rate`` to ``target`` Hz, in bounded memory whatever the header says.
+
+    Rates whose exact ratio needs a kernel over :data:`MAX_RESAMPLE_KERNEL` elements (a
+    prime rate such as 44,101 Hz) use the nearest ratio that fits; the output's rate is then
+    off by far less than one part in a million.
+    """
+    import torch
+    import torchaudio.functional as AF
+
+    g = math.gcd(rate, target)
+    orig, new = rate // g, target // g
+    if orig * new > MAX_RESAMPLE_KERNEL:
+        ratio = Fraction(rate, target)
+        approx = ratio.limit_denominator(max(1, math.isqrt(int(MAX_RESAMPLE_KERNEL / ratio))))
+        orig, new = max(approx.numerator, 1), approx.denominator
+    return AF.resample(torch.from_numpy(mono), orig, new).numpy()
 
 
 def check_text(text: str, *, source: str, limits: Limits = DEFAULT_LIMITS) -> str:
