@@ -19,7 +19,7 @@ from mmctx.data.modalities import AudioModality, SequenceModality
 from mmctx.data.validate import validate_manifest
 from mmctx.errors import EXIT_BUG, one_line, printable, run_command
 from mmctx.io import DecodeError, check_text, read_audio, read_image, read_text, read_video
-from tests.conftest import write_manifest
+from tests.helpers import write_manifest
 
 PRE = Preprocess(image_size=16, image_channels=3, sample_rate=8000)
 
