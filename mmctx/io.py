@@ -166,7 +166,8 @@ def _to_uint8(path: str, img: np.ndarray) -> np.ndarray:
         return img
     check_finite(path, img, "image", "pixel values")  # a float TIFF/EXR may hold NaN
     if img.dtype == np.uint16:  # round(x / 257) maps 0..65535 onto 0..255
-        return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        # in one pass to uint8: no wider temporaries (a 7000x7000 RGBA PNG is 392 MB)
+        return cv2.convertScaleAbs(img, alpha=1 / 257).reshape(img.shape)
     raise DecodeError(path, f"unsupported pixel type {img.dtype}")
 
 
@@ -272,20 +273,30 @@ def read_audio(
                 limit = f"max_audio_seconds={limits.max_audio_seconds:g}"
                 raise DecodeError(path, f"audio is {seconds:.1f} s, over {limit}")
             frames = int(limits.max_audio_seconds * info.samplerate)
-        data, rate = sf.read(sf_path, frames=frames, dtype="float32", always_2d=True)
+        rate, parts, bad = info.samplerate, [], 0
+        # Mixed down block by block: memory holds the mono signal, never every channel (a
+        # small FLAC of 8-channel silence would otherwise decode to gigabytes).
+        for block in sf.blocks(
+            sf_path, blocksize=AUDIO_BLOCK_FRAMES, frames=frames, dtype="float32", always_2d=True
+        ):
+            bad += block.size - int(np.count_nonzero(np.isfinite(block)))  # before any mixing
+            # The mean in float64: two channels near float32's maximum would overflow to inf.
+            parts.append(block.mean(axis=1, dtype=np.float64).astype(np.float32))
     except (RuntimeError, TypeError) as err:
         detail = (getattr(err, "error_string", None) or str(err)).strip()
         raise DecodeError(path, f"not a decodable audio file ({detail})") from None
-    if data.shape[0] == 0:
+    if bad:
+        raise DecodeError(path, f"audio holds {bad:,} non-finite samples (NaN/inf)")
+    mono = np.concatenate(parts) if parts else np.empty(0, np.float32)
+    if mono.shape[0] == 0:
         raise DecodeError(path, "no audio frames")
-    check_finite(path, data, "audio", "samples")  # before anything mixes or clips them
-    # The mean in float64: two channels near float32's maximum would overflow to inf.
-    mono = data.mean(axis=1, dtype=np.float64).astype(np.float32)
     if sample_rate is not None and sample_rate != rate:
         mono = _resample(mono, rate, sample_rate)
-    mono = np.clip(mono, -1.0, 1.0)
+    mono = np.clip(mono, -1.0, 1.0, out=mono)
     return check_finite(path, mono.astype(np.float32, copy=False), "resampled audio", "samples")
 
+
+AUDIO_BLOCK_FRAMES = 2**16  # frames decoded at a time (all channels), then mixed to mono
 
 # Most elements of the sinc kernel a resampling may build (torchaudio's kernel is about
 # (target / g) x (rate / g) for g = gcd(rate, target): 44,101 Hz -> 8 kHz would need 6 GB).
