@@ -189,3 +189,48 @@ def test_infer_cli_over_the_corpus(corpus, tmp_path):
         record = json.loads(line, parse_constant=no_constants)
         outcomes[record["line"]] = (record["status"], record["error"] or "")
     _check(outcomes, cases, "infer")
+
+
+def _traced_peak(func) -> int:
+    """Peak bytes numpy allocated while ``func`` ran (numpy reports to tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        func()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_16_bit_images_convert_without_wide_temporaries(tmp_path):
+    """A 16-bit RGBA image went through uint32 copies: a 380 KB PNG of 7000x7000 peaked at
+    2.6 GB. Now the conversion writes uint8 directly."""
+    import cv2
+
+    path = tmp_path / "deep.png"
+    cv2.imwrite(str(path), np.full((1000, 1000, 4), 40_000, np.uint16))  # 8 MB decoded
+    img = mmctx.io.read_image(path)
+    assert img.shape == (1000, 1000, 3) and int(img[0, 0, 0]) == round(40_000 / 257)
+    assert _traced_peak(lambda: mmctx.io.read_image(path)) < 20_000_000  # was 44 MB
+
+
+def test_many_channel_audio_is_mixed_down_block_by_block(tmp_path):
+    """Every channel was decoded at once before mixing: a 470 KB FLAC of 8-channel
+    silence decoded to gigabytes. Now memory holds about the mono signal."""
+    import soundfile as sf
+
+    path = tmp_path / "silence.flac"
+    sf.write(path, np.zeros((20 * 48_000, 8), np.int16), 48_000, format="FLAC")  # 31 MB as float
+    assert len(read_audio(path)) == 20 * 48_000
+    assert _traced_peak(lambda: read_audio(path)) < 20_000_000  # was 45 MB
+
+
+def test_skipped_rows_are_logged_on_one_line(tmp_path, caplog):
+    from mmctx.data.manifest import read_manifest
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"id": "n", "image": "ok\\n.png"}\n', encoding="utf-8")
+    read_manifest(manifest)
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped")]
+    assert skipped and all("\n" not in m and "ok\\n.png" in m for m in skipped)
