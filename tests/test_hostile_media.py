@@ -229,6 +229,7 @@ def test_many_channel_audio_is_mixed_down_block_by_block(tmp_path):
 def test_skipped_rows_are_logged_on_one_line(tmp_path, caplog):
     from mmctx.data.manifest import read_manifest
 
+    caplog.set_level("WARNING", logger="mmctx.data")  # `mmctx infer` tests raise its level
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"id": "n", "image": "ok\\n.png"}\n', encoding="utf-8")
     read_manifest(manifest)
