@@ -21,6 +21,7 @@ from typing import Any
 
 from mmctx.data.modalities import Modality, manifest_paths, modality_names, resolve_modalities
 from mmctx.data.paths import short_repr
+from mmctx.errors import one_line
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +312,7 @@ def read_manifest(
             if strict:
                 raise error from None
             problems.append(str(error))
-            log.warning("skipped %s", error)
+            log.warning("skipped %s", one_line(str(error)))  # a path may hold a newline
     if problems:
         log.warning("%s: skipped %d of %d rows", path, len(problems), len(problems) + len(samples))
     return samples, problems

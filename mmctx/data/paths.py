@@ -9,7 +9,9 @@ of the data module). The check looks only at the string and at what it resolves 
    system's name limit (255 bytes) and it encodes to bytes for the OS;
 2. ``base / value`` resolves (a symlink loop or an over-long path is that row's error);
 3. the resolved path lies inside the resolved root (``../..``, absolute paths and links
-   that point outside are refused).
+   that point outside are refused). It is resolved one component at a time, and nothing
+   outside the root is ever stat'ed, not even a link's target: the check itself leaks
+   nothing about files outside.
 
 Paths the user typed on the command line are not data: they use :data:`UNCONFINED`.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import os
 import reprlib
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -75,14 +78,64 @@ def confined_path(value: str, key: str, base: Path, root: Path | None = None) ->
             f"'{key}' path {short_repr(value)} has a component longer than {NAME_MAX} bytes"
         )
     root = (base if root is None else root).absolute()
-    try:
-        real_root = root.resolve()
-        target = (base / value).resolve()
+    try:  # the root and the base are the user's own folders: resolving them is fine
+        real_root = os.path.realpath(root)
+        start = os.path.realpath(base.absolute())
+        inside = _resolve_inside(os.path.join(start, value), real_root)
     except (OSError, RuntimeError, ValueError) as err:  # RuntimeError: a symlink loop
         raise ValueError(f"'{key}' path {short_repr(value)} cannot be resolved ({err})") from None
-    if not target.is_relative_to(real_root):
+    if not inside:
         raise PathOutsideRoot(
             f"'{key}' path {short_repr(value)} leaves the data root {real_root} "
             "(name a wider root with --root or data.root to allow it)"
         )
     return base / value
+
+
+MAX_SYMLINKS = 40  # as Linux's ELOOP limit
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _resolve_inside(path: str, root: str) -> bool:
+    """Whether absolute ``path`` resolves (symlinks followed) inside the resolved ``root``.
+
+    Components are resolved one at a time, and nothing is looked at (``lstat``,
+    ``readlink``) unless it lies inside ``root`` or on the way to it: a ``..`` chain, an
+    absolute path or a link that points outside is refused without touching its target.
+    A missing component ends the walk (the rest is taken as written).
+
+    Raises:
+        RuntimeError: More than :data:`MAX_SYMLINKS` links (a loop).
+        OSError: A component cannot be examined (too long, no permission).
+    """
+    pending = [p for p in path.split(os.sep) if p][::-1]  # a stack, next component last
+    current, hops = os.sep, 0
+    while pending:
+        part = pending.pop()
+        if part == ".":
+            continue
+        if part == "..":
+            current = os.path.dirname(current)  # ``current`` holds no link: this is exact
+            continue
+        candidate = os.path.join(current, part)
+        if not (_within(candidate, root) or _within(root, candidate)):
+            return False  # outside, and not on the way to the root: never looked at
+        try:
+            st = os.lstat(candidate)
+        except (FileNotFoundError, NotADirectoryError):  # missing: nothing more to follow
+            rest = os.path.normpath(os.path.join(candidate, *pending[::-1]))
+            return _within(rest, root)
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > MAX_SYMLINKS:
+                raise RuntimeError(f"more than {MAX_SYMLINKS} symbolic links (a loop?)")
+            target = os.readlink(candidate)
+            if os.path.isabs(target):
+                current = os.sep
+            pending.extend(p for p in target.split(os.sep)[::-1] if p)
+            continue
+        current = candidate
+    return _within(current, root)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import textwrap
@@ -22,7 +23,7 @@ import soundfile as sf
 
 from mmctx.data.manifest import LabelSpace, count_rows, iter_rows, parse_row, row_error
 from mmctx.errors import EXIT_STATUS_HELP, one_line, printable
-from mmctx.io import DEFAULT_LIMITS, Limits, read_audio, read_image, read_text
+from mmctx.io import DEFAULT_LIMITS, Limits, check_text, read_audio, read_image, read_text
 
 # What is measured per modality, and in which unit.
 UNITS = {
@@ -104,8 +105,8 @@ def _fmt(value: float | None) -> str:
 def _measure(sample: Any, limits: Limits) -> dict[str, list[float]]:
     """Decode every item of a sample; return its sizes per modality (DecodeError if any fails)."""
     sizes: dict[str, list[float]] = {}
-    if sample.text is not None:
-        sizes["text"] = [len(sample.text)]
+    if sample.text is not None:  # checked as training checks it (lone surrogates, length)
+        sizes["text"] = [len(check_text(sample.text, source="inline text", limits=limits))]
     elif sample.text_path is not None:
         sizes["text"] = [len(read_text(sample.text_path, limits=limits))]
     for path in sample.media.get("image", []):
@@ -113,7 +114,8 @@ def _measure(sample: Any, limits: Limits) -> dict[str, list[float]]:
         sizes.setdefault("image", []).append(w * h)
     for path in sample.media.get("audio", []):
         samples = read_audio(path, limits=limits)
-        sizes.setdefault("audio", []).append(len(samples) / sf.info(str(path)).samplerate)
+        rate = sf.info(os.fsencode(path)).samplerate  # bytes: names that are not UTF-8
+        sizes.setdefault("audio", []).append(len(samples) / rate)
     for path in sample.media.get("video", []):
         from mmctx.io import read_video
 
