@@ -281,7 +281,7 @@ class MMCtxCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, TypeError) as err:  # a component refused its settings
-            raise ConfigError(f"cannot build the configured run: {one_line(str(err))}") from err
+            raise ConfigError(f"cannot build the configured run: {_config_cause(err)}") from err
         config = self.config[self.subcommand] if self.subcommand else self.config
         record_model_config(self.model, config.model)
 
@@ -324,6 +324,17 @@ class MMCtxCLI(LightningCLI):
 
     def after_fit(self) -> None:
         report_fit(self.trainer, self.datamodule)
+
+
+def _config_cause(err: Exception) -> str:
+    """The component's own complaint, without jsonargparse's union-type preamble."""
+    lines = str(err).splitlines()
+    causes = [
+        line.strip()[2:]
+        for line in lines
+        if line.strip().startswith("- ") and "Expected a <class 'NoneType'>" not in line
+    ]
+    return one_line("; ".join(causes) if causes else str(err))
 
 
 def record_model_config(model: L.LightningModule, config: Any) -> None:

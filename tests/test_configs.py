@@ -38,3 +38,22 @@ def test_every_shipped_config_instantiates_without_generating_data(config, tmp_p
 def test_a_bad_setting_in_a_config_fails_naming_it(override, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         _build(CONFIGS[[c.name for c in CONFIGS].index("demo.yaml")], tmp_path, *override)
+
+
+def test_the_cli_reports_a_bad_setting_in_one_line_with_exit_status_2(
+    tmp_path, capsys, monkeypatch
+):
+    from mmctx.cli import main
+
+    monkeypatch.setattr("sys.argv", ["mmctx"])
+    demo = CONFIGS[[c.name for c in CONFIGS].index("demo.yaml")]
+    code = main(
+        ["fit", "--config", str(demo), "--data.init_args.cache_dir", str(tmp_path / "c"),
+         "--trainer.default_root_dir", str(tmp_path / "r"), "--model.init_args.pool", "median"]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1] == (
+        "mmctx fit: cannot build the configured run: pool must be one of "
+        "['attention', 'max', 'mean', 'summary'], got 'median'"
+    )
