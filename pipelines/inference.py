@@ -19,20 +19,24 @@ of the model; memory holds a couple of batches whatever the number of samples.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import json
 import logging
 import os
+import sys
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from lightning.fabric.utilities import move_data_to_device
+from tqdm import tqdm
 
 from mmctx.checkpoints import CheckpointError, data_settings, load_export, load_module
 from mmctx.data import Collate, ManifestDataset, Preprocess, SampleError
@@ -448,14 +452,7 @@ traceback is written to a log file named on stderr).
 """
 
 
-def infer_main(argv: list[str]) -> int:
-    """``mmctx infer``: see :data:`INFER_HELP`."""
-    import argparse
-    import sys
-    import time
-
-    from tqdm import tqdm
-
+def _infer_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmctx infer",
         description=INFER_HELP,
@@ -490,57 +487,80 @@ def infer_main(argv: list[str]) -> int:
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _infer_inputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> InputRows:
+    """The rows the arguments name (a manifest, a folder, or one command-line sample)."""
     single = [args.text, args.image, args.audio, args.video]
     if (args.manifest or args.folder) and any(v is not None for v in single):
         parser.error("give --manifest, --folder, or --text/--image/--audio/--video, not several")
+    if args.manifest:
+        return rows_from_manifest(args.manifest)
+    if args.folder:
+        return rows_from_folder(args.folder)
+    if any(v is not None for v in single):
+        row = row_from_arguments(args.text, args.image, args.audio, args.video, args.id)
+        return InputRows([(1, row)], Path.cwd(), 1, root=UNCONFINED)
+    parser.error("nothing to predict on: give --manifest, --folder or --text/--image/...")
+
+
+def _infer_predictor(args: argparse.Namespace) -> Predictor:
+    """The model the arguments name, with the decode limits they override."""
+    predictor = (
+        Predictor.from_checkpoint(args.ckpt, args.device)
+        if args.ckpt is not None
+        else Predictor.from_export(args.export, args.device)
+    )
+    changed = {
+        "max_image_pixels": args.max_image_pixels,
+        "max_audio_seconds": args.max_audio_seconds,
+        "crop_long_audio": args.crop_long_audio,
+    }
+    predictor.set_limits(**{k: v for k, v in changed.items() if v is not None})
+    return predictor
+
+
+def write_records(
+    records: Iterable[dict[str, Any]], out: IO[str], *, total: int | None, progress: bool
+) -> tuple[dict[str, int], str | None]:
+    """Write one JSON line per record (valid JSON and UTF-8 whatever the record holds).
+
+    Returns:
+        ``({"ok": n, "error": n}, the first error message or None)``.
+    """
+    # JSON escapes everything else; a stream that cannot take UTF-8 gets ASCII-only JSON.
+    ascii_only = "utf" not in (getattr(out, "encoding", None) or "utf-8").lower()
+    counts, first_error = {"ok": 0, "error": 0}, None
+    bar = tqdm(records, total=total, unit="sample", disable=not progress or None, file=sys.stderr)
+    for record in bar:
+        line, record = record_json(record, ascii_only=ascii_only)
+        out.write(line + "\n")
+        counts[record["status"]] += 1
+        first_error = first_error or record["error"]
+    return counts, first_error
+
+
+def infer_main(argv: list[str]) -> int:
+    """``mmctx infer``: see :data:`INFER_HELP`."""
+    parser = _infer_parser()
+    args = parser.parse_args(argv)
     try:
-        if args.manifest:
-            inputs = rows_from_manifest(args.manifest)
-        elif args.folder:
-            inputs = rows_from_folder(args.folder)
-        elif any(v is not None for v in single):
-            row = row_from_arguments(args.text, args.image, args.audio, args.video, args.id)
-            inputs = InputRows([(1, row)], Path.cwd(), 1, root=UNCONFINED)
-        else:
-            parser.error("nothing to predict on: give --manifest, --folder or --text/--image/...")
-        predictor = (
-            Predictor.from_checkpoint(args.ckpt, args.device)
-            if args.ckpt is not None
-            else Predictor.from_export(args.export, args.device)
-        )
-        changed = {
-            "max_image_pixels": args.max_image_pixels,
-            "max_audio_seconds": args.max_audio_seconds,
-            "crop_long_audio": args.crop_long_audio,
-        }
-        predictor.set_limits(**{k: v for k, v in changed.items() if v is not None})
+        inputs = _infer_inputs(args, parser)
+        predictor = _infer_predictor(args)
         out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
     except (OSError, CheckpointError, ValueError) as err:
         print(f"mmctx infer: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     logging.getLogger("mmctx.data").setLevel(logging.ERROR)  # errors go into the records
-    # JSON escapes everything else; a stream that cannot take UTF-8 gets ASCII-only JSON.
-    ascii_only = "utf" not in (getattr(out, "encoding", None) or "utf-8").lower()
-    counts = {"ok": 0, "error": 0}
-    first_error = None
     start = time.perf_counter()
     records = predictor.predict_rows(
         inputs, batch_size=args.batch_size, top_k=args.top_k, workers=args.workers, root=args.root
     )
-    bar = tqdm(
-        records,
-        total=inputs.total,
-        unit="sample",
-        disable=args.no_progress or None,
-        file=sys.stderr,
-    )
     try:
-        for record in bar:
-            line, record = record_json(record, ascii_only=ascii_only)
-            out.write(line + "\n")
-            counts[record["status"]] += 1
-            first_error = first_error or record["error"]
+        counts, first_error = write_records(
+            records, out, total=inputs.total, progress=not args.no_progress
+        )
     finally:
         if out is not sys.stdout:
             out.close()
