@@ -146,41 +146,13 @@ def validate_manifest(
         multilabel: As ``data.multilabel`` (None: multi-label only if every labelled row
             is a list); see :meth:`~mmctx.data.manifest.LabelSpace.infer`.
     """
-    from tqdm import tqdm
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
     data_root = Path(root).expanduser() if root is not None else path.parent
     report = DataReport(str(path))
-    problems: list[tuple[int, str]] = []
-    good: list[tuple[Any, dict[str, list[float]]]] = []
-    total = count_rows(path) if progress else None
-    for line, row in tqdm(
-        iter_rows(path), total=total, desc="validate", unit="row", disable=not progress
-    ):
-        report.rows += 1
-        try:
-            if isinstance(row, Exception):
-                raise row
-            sample = parse_row(row, line, path.parent, data_root=data_root)
-            good.append((sample, _measure(sample, limits)))
-        except Exception as err:  # noqa: BLE001 - one row never ends the run
-            problems.append((line, _message(path, line, err)))
-    label_problems: dict[int, str] = {}
-    labelled = [s for s, _ in good if s.label is not None]
-    space = None
-    if labelled or classes:
-        try:
-            space = LabelSpace.infer(
-                [s.label for s in labelled],
-                classes,
-                multilabel=multilabel,
-                on_error=label_problems.setdefault,
-            )
-        except ValueError:
-            space = None  # no usable label: each row's own problem says why
-    bad_labels = {labelled[i].line: message for i, message in label_problems.items()}
+    good, problems = _decode_rows(path, data_root, limits, progress, report)
+    space, bad_labels = _label_space(good, classes, multilabel)
     first_line: dict[str, int] = {}
     for sample, sizes in good:
         if sample.line in bad_labels:
@@ -200,6 +172,51 @@ def validate_manifest(
             )
     report.problems = [message for _, message in sorted(problems, key=lambda p: p[0])]
     return report
+
+
+def _decode_rows(
+    path: Path, data_root: Path, limits: Limits, progress: bool, report: DataReport
+) -> tuple[list[tuple[Any, dict[str, list[float]]]], list[tuple[int, str]]]:
+    """Parse and decode every row: ``(samples with their sizes, (line, problem) pairs)``."""
+    from tqdm import tqdm
+
+    problems: list[tuple[int, str]] = []
+    good: list[tuple[Any, dict[str, list[float]]]] = []
+    total = count_rows(path) if progress else None
+    for line, row in tqdm(
+        iter_rows(path), total=total, desc="validate", unit="row", disable=not progress
+    ):
+        report.rows += 1
+        try:
+            if isinstance(row, Exception):
+                raise row
+            sample = parse_row(row, line, path.parent, data_root=data_root)
+            good.append((sample, _measure(sample, limits)))
+        except Exception as err:  # noqa: BLE001 - one row never ends the run
+            problems.append((line, _message(path, line, err)))
+    return good, problems
+
+
+def _label_space(
+    good: list[tuple[Any, dict[str, list[float]]]],
+    classes: Sequence[str] | None,
+    multilabel: bool | None,
+) -> tuple[LabelSpace | None, dict[int, str]]:
+    """The label space training would build, and ``{line: problem}`` for labels that don't fit."""
+    label_problems: dict[int, str] = {}
+    labelled = [s for s, _ in good if s.label is not None]
+    space = None
+    if labelled or classes:
+        try:
+            space = LabelSpace.infer(
+                [s.label for s in labelled],
+                classes,
+                multilabel=multilabel,
+                on_error=label_problems.setdefault,
+            )
+        except ValueError:
+            space = None  # no usable label: each row's own problem says why
+    return space, {labelled[i].line: message for i, message in label_problems.items()}
 
 
 def _message(path: Path, line: int, err: BaseException) -> str:
