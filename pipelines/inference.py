@@ -41,6 +41,7 @@ from tqdm import tqdm
 from mmctx.checkpoints import CheckpointError, data_settings, load_export, load_module
 from mmctx.data import Collate, ManifestDataset, Preprocess, SampleError
 from mmctx.data.manifest import (
+    ManifestError,
     count_rows,
     iter_rows,
     known_modalities,
@@ -285,7 +286,8 @@ class Predictor:
                 )
             except Exception as err:  # noqa: BLE001 - one row never ends the run
                 cause = row_cause(err)
-                record["error"] = cause if cause.startswith(str(base)) else f"line {line}: {cause}"
+                named = isinstance(err, ManifestError) or cause.startswith(str(base))
+                record["error"] = cause if named else f"line {line}: {cause}"  # file:line: ...
                 continue
             record["id"] = sample.id
             samples.append((record, sample))
