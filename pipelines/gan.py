@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from mmctx.data import Collate
 from mmctx.encoders import ModalityEncoder
+from mmctx.errors import ConfigError
 from mmctx.nn.backbones import FusionBackbone
 from mmctx.nn.fused import FusedModel
 from mmctx.nn.gan import Discriminator, Generator
@@ -145,10 +146,19 @@ class MultimodalGAN(L.LightningModule):
         self._grid_batch: dict[str, Any] | None = None
 
     def setup(self, stage: str) -> None:
-        """Check that the data module's decoding fits the encoders, before the first batch."""
+        """Check that the data module's decoding fits the encoders and the generated images,
+        before the first batch."""
         pre = getattr(getattr(self.trainer, "datamodule", None), "preprocess", None)
-        if pre is not None:
-            self.context.check_data(pre.sample_rate, pre.image_channels)
+        if pre is None:
+            return
+        self.context.check_data(pre.sample_rate, pre.image_channels)
+        drawn = (self.image_size, self.image_channels)
+        if (pre.image_size, pre.image_channels) != drawn:
+            raise ConfigError(
+                f"the GAN draws image_size={self.image_size}, image_channels="
+                f"{self.image_channels} but the data decodes data.image_size={pre.image_size}, "
+                f"data.image_channels={pre.image_channels}: set each pair to the same value"
+            )
 
     # -- model -------------------------------------------------------------------------
     def condition(self, inputs: dict[str, Any]) -> tuple[Tensor, Tensor]:

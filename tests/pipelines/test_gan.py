@@ -308,3 +308,24 @@ def test_gan_eval_arithmetic_against_a_hand_computed_case():
     assert result["classifier_accuracy_real"] == 0.5  # judged [0, 0] against labels [0, 1]
     assert result["diversity_per_condition"] == pytest.approx(1 / 3)  # (1 + 0 + 0) / 3
     assert result["conditions"] == 3 and result["images"] == 6
+
+
+def test_gan_refuses_data_whose_images_differ_from_what_it_draws():
+    from types import SimpleNamespace
+
+    from mmctx.data import Preprocess
+    from mmctx.errors import ConfigError
+
+    gan = MultimodalGAN(
+        {"text": TextTransformerEncoder(dim=8, depth=1, heads=2)},
+        TransformerBackbone(dim=8, heads=2, depth=1),
+        ["a", "b"],
+        image_size=16,
+        image_channels=1,
+    )
+    fits = SimpleNamespace(datamodule=SimpleNamespace(preprocess=Preprocess(16, 1)))
+    gan.trainer = fits  # noqa: B010 - setup only reads trainer.datamodule
+    gan.setup("fit")
+    gan.trainer = SimpleNamespace(datamodule=SimpleNamespace(preprocess=Preprocess(32, 1)))
+    with pytest.raises(ConfigError, match="image_size=16, .*data.image_size=32"):
+        gan.setup("fit")
