@@ -148,18 +148,33 @@ def export_model(
     ckpt_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
 ) -> dict[str, Path]:
     """Write ``model.safetensors`` and ``config.json`` (model config + data settings)."""
-    from safetensors.torch import save_file
-
     ckpt = read_checkpoint(ckpt_path)
     config = _model_config(ckpt.get("hyper_parameters", {}), Path(ckpt_path))
     model = build_module(config, ckpt_path)
     model.load_state_dict(ckpt["state_dict"])
+    return write_export(model, config, data_settings(ckpt), out_dir)
+
+
+def write_export(
+    model: nn.Module,
+    config: dict[str, Any],
+    data: dict[str, Any],
+    out_dir: str | os.PathLike[str],
+    compression: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write ``model``'s float weights and ``config.json``; a compressed model's
+    ``compression`` record (:func:`mmctx.nn.compress.compression_record`) goes with them, so
+    :func:`load_export` rebuilds its structure (factorised layers, INT8 quantisation)."""
+    from safetensors.torch import save_file
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # safetensors refuses tensors that share memory; clone makes each one its own.
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     save_file(state, out / EXPORT_WEIGHTS)
-    meta = {"model": config, "data": data_settings(ckpt), "format": "mmctx-export-1"}
+    meta = {"model": config, "data": data, "format": "mmctx-export-1"}
+    if compression:
+        meta["compression"] = compression
     (out / EXPORT_CONFIG).write_text(json.dumps(meta, indent=1), encoding="utf-8")
     return {"weights": out / EXPORT_WEIGHTS, "config": out / EXPORT_CONFIG}
 
@@ -184,8 +199,17 @@ def load_export(
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
         raise CheckpointError(f"{cfg_path}: not an mmctx export config ({err})") from None
     model = build_module(config, cfg_path)
+    compression = meta.get("compression") or {}
+    if compression:
+        from mmctx.nn.compress import apply_compression
+
+        apply_compression(model, compression)
     try:
         model.load_state_dict(load_file(weights))
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{weights}: not a readable safetensors file ({err})") from None
+    if compression.get("quantised"):  # INT8 runs on the CPU only
+        from mmctx.nn.compress import quantise_dynamic
+
+        return quantise_dynamic(model).eval(), meta.get("data", {})
     return model.to(map_location).eval(), meta.get("data", {})

@@ -207,6 +207,15 @@ class Predictor:
         model, data = load_export(folder)
         return cls(model, data, device)
 
+    @classmethod
+    def from_onnx(cls, folder: str | os.PathLike[str]) -> Predictor:
+        """Load a folder holding ``model.onnx`` + ``config.json`` (``mmctx compress``), run by
+        ONNX Runtime on the CPU."""
+        from .onnx_export import load_onnx
+
+        model, data = load_onnx(folder)
+        return cls(model, data, "cpu")
+
     def predict(
         self,
         *,
@@ -463,7 +472,10 @@ def infer_main(argv: list[str]) -> int:
     )
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--ckpt", help="checkpoint written by `mmctx fit`")
-    model.add_argument("--export", help="folder written by `mmctx export`")
+    model.add_argument(
+        "--export", help="folder written by `mmctx export` (or a torch model of `mmctx compress`)"
+    )
+    model.add_argument("--onnx", help="folder with model.onnx + config.json (`mmctx compress`)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--manifest", help="JSON Lines manifest to predict on")
     source.add_argument("--folder", help="folder of media files, grouped by stem")
@@ -504,11 +516,12 @@ def infer_main(argv: list[str]) -> int:
             inputs = InputRows([(1, row)], Path.cwd(), 1, root=UNCONFINED)
         else:
             parser.error("nothing to predict on: give --manifest, --folder or --text/--image/...")
-        predictor = (
-            Predictor.from_checkpoint(args.ckpt, args.device)
-            if args.ckpt is not None
-            else Predictor.from_export(args.export, args.device)
-        )
+        if args.ckpt is not None:
+            predictor = Predictor.from_checkpoint(args.ckpt, args.device)
+        elif args.onnx is not None:
+            predictor = Predictor.from_onnx(args.onnx)
+        else:
+            predictor = Predictor.from_export(args.export, args.device)
         changed = {
             "max_image_pixels": args.max_image_pixels,
             "max_audio_seconds": args.max_audio_seconds,
