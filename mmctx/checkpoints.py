@@ -211,5 +211,5 @@ def load_export(
     if compression.get("quantised"):  # INT8 runs on the CPU only
         from mmctx.nn.compress import quantise_dynamic
 
-        return quantise_dynamic(model).eval(), meta.get("data", {})
+        return quantise_dynamic(model, compression["quantised"]).eval(), meta.get("data", {})
     return model.to(map_location).eval(), meta.get("data", {})

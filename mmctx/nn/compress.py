@@ -11,7 +11,7 @@ Shape legend: o = out features, i = in features, r = rank.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -58,6 +58,16 @@ class LowRankLinear(nn.Module):
                 layer.second.bias.copy_(linear.bias.detach())
         return layer.to(linear.weight.device)
 
+    @property
+    def weight(self) -> Tensor:
+        """The product ``(o, i)``, for code that reads a Linear's weight directly (such code
+        gets the right numbers but none of the savings)."""
+        return self.second.weight @ self.first.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.second.bias
+
     def forward(self, x: Tensor) -> Tensor:
         return self.second(self.first(x))
 
@@ -87,8 +97,37 @@ def _plain_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+    _no_fused_kernel(parent)
+
+
+def _no_fused_kernel(module: nn.Module) -> None:
+    """Keep a Transformer layer on its plain path: the fused inference kernel reads
+    ``linear1.weight`` and friends as dense tensors, which swapped layers do not have.
+    (``activation_relu_or_gelu`` only selects that kernel; ``activation`` stays in use.)"""
+    if isinstance(module, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer):
+        module.activation_relu_or_gelu = 0
+
+
+def called_modules(model: nn.Module, run: Callable[[], Any]) -> set[str]:
+    """Names of the submodules of ``model`` whose ``forward`` runs during ``run()``.
+
+    A layer that is not called, such as a Linear whose weight another module slices and
+    uses itself, cannot be swapped for a factorised or quantised module."""
+    called: set[str] = set()
+    handles = [
+        module.register_forward_pre_hook(lambda *_, n=name: called.add(n))
+        for name, module in model.named_modules()
+    ]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return called
 
 
 def factorise_linears(
@@ -97,6 +136,7 @@ def factorise_linears(
     rank: int | None = None,
     energy: float | None = None,
     only_if_smaller: bool = True,
+    only: set[str] | None = None,
 ) -> dict[str, int]:
     """Replace Linear layers of ``model`` in place by :class:`LowRankLinear` (truncated SVD).
 
@@ -104,12 +144,15 @@ def factorise_linears(
         rank: Keep this many singular values per layer (capped at the layer's full rank).
         energy: Or keep the fewest singular values holding this share of the squared total.
         only_if_smaller: Leave a layer alone when the factorised form has no fewer weights.
+        only: Factorise only layers of these names (e.g. :func:`called_modules`).
 
     Returns:
         ``{layer name: rank}`` of the layers replaced (see :func:`apply_compression`).
     """
     ranks = {}
     for name, linear in _plain_linears(model):
+        if only is not None and name not in only:
+            continue
         r = choose_rank(linear.weight, rank, energy)
         if (
             only_if_smaller
@@ -177,20 +220,39 @@ def sparsity(model: nn.Module) -> float:
     return zeros / max(total, 1)
 
 
-def quantise_dynamic(model: nn.Module, kinds: Iterable[type] = QUANTISABLE) -> nn.Module:
-    """An INT8 copy of ``model`` (CPU): weights of ``kinds`` stored as int8, activations
-    quantised on the fly (``torch.ao.quantization.quantize_dynamic``). Deterministic: the
-    same float weights give the same quantised model."""
-    return torch.ao.quantization.quantize_dynamic(
-        model.cpu().eval(), set(kinds), dtype=torch.qint8, inplace=False
+def quantisable(model: nn.Module, only: set[str] | None = None) -> list[str]:
+    """Names of the Linear, GRU and LSTM layers of ``model`` (within ``only`` if given)."""
+    return [
+        n
+        for n, m in model.named_modules()
+        if type(m) in QUANTISABLE and (only is None or n in only)
+    ]
+
+
+def quantise_dynamic(model: nn.Module, names: Iterable[str] | None = None) -> nn.Module:
+    """An INT8 copy of ``model`` (CPU): the weights of the layers ``names`` (default: every
+    :func:`quantisable` one) stored as int8, activations quantised on the fly
+    (``torch.ao.quantization.quantize_dynamic``). Deterministic: the same float weights give
+    the same quantised model."""
+    from torch.ao.quantization import default_dynamic_qconfig
+
+    names = quantisable(model) if names is None else list(names)
+    quantised = torch.ao.quantization.quantize_dynamic(
+        model.cpu().eval(),
+        {n: default_dynamic_qconfig for n in names},
+        dtype=torch.qint8,
+        inplace=False,
     )
+    for module in quantised.modules():
+        _no_fused_kernel(module)
+    return quantised
 
 
 def compression_record(
-    factorised: dict[str, int] | None = None, quantised: bool = False, **extra: Any
+    factorised: dict[str, int] | None = None, quantised: list[str] | None = None, **extra: Any
 ) -> dict[str, Any]:
     """What :func:`apply_compression` needs to rebuild a compressed model's structure."""
-    record: dict[str, Any] = {"factorised": dict(factorised or {}), "quantised": quantised}
+    record: dict[str, Any] = {"factorised": dict(factorised or {}), "quantised": quantised or []}
     record.update(extra)
     return record
 
