@@ -249,3 +249,56 @@ def test_mmctx_compress_end_to_end(trained, tmp_path, capsys):
     for name in ("prune", "lowrank", "int8"):
         assert main(["infer", "--export", str(out / name), "--text", "w1", "--no-progress"]) == 0
     assert main(["infer", "--onnx", str(out / "onnx-int8"), "--text", "w1", "--no-progress"]) == 0
+
+
+def test_distillation_moves_the_student_toward_the_teacher(tiny):
+    from mmctx.pipelines import DistillationClassifier
+
+    _, teacher = tiny
+    torch.manual_seed(3)
+    cfg = tiny_config()
+    student = build_module(
+        {
+            **cfg,
+            "_class_path": "mmctx.pipelines.DistillationClassifier",
+            "backbone": {**cfg["backbone"], "init_args": {"dim": 8, "depth": 1, "heads": 2}},
+            "temperature": 2.0,
+            "alpha": 0.9,
+            "feature_weight": 0.5,
+            "teacher_dim": 16,
+        }
+    )
+    assert isinstance(student, DistillationClassifier) and student.fused.dim == 8
+    student.set_teacher(teacher)
+    b = batch(seed=21, sizes=(5, 9, 3, 12, 7, 4))
+    target = torch.tensor([0, 1, 2, 0, 1, 2])
+    with torch.no_grad():
+        t_out = teacher.fused(b)
+        t_logits = teacher.head(t_out.pooled)
+
+    def kl() -> float:
+        with torch.no_grad():
+            s = student.eval()(b)
+        return float(
+            torch.nn.functional.kl_div(
+                s.log_softmax(-1), t_logits.log_softmax(-1), reduction="batchmean", log_target=True
+            )
+        )
+
+    before = kl()
+    optimiser = torch.optim.Adam(student.parameters(), lr=3e-3)
+    student.train()
+    for _ in range(30):
+        out = student.fused(b)
+        terms = student.distillation_loss(
+            student.head(out.pooled), t_logits, target, out.pooled, t_out.pooled
+        )
+        optimiser.zero_grad()
+        terms["loss"].backward()
+        optimiser.step()
+    assert set(terms) == {"kd", "ce", "feature", "loss"}
+    after = kl()
+    assert after < 0.5 * before, (before, after)
+    assert "teacher" not in " ".join(student.state_dict())  # the teacher is not saved with it
+    with pytest.raises(ValueError, match="teacher classes"):
+        student.set_teacher(build_module({**cfg, "class_names": ["x", "y"]}))
