@@ -44,6 +44,7 @@ from mmctx.nn.compress import (
     prune_global_magnitude,
     quantisable,
     quantise_dynamic,
+    refresh_pruned_weights,
 )
 
 from .export import ExportError, example_inputs
@@ -279,6 +280,7 @@ def finetuner(
                 chunk = [items[i] for i in order[start : start + batch_size]]
                 batch = collate([{k: v for k, v in it.items() if k != "label"} for it in chunk])
                 target = torch.tensor([it["label"] for it in chunk])
+                refresh_pruned_weights(model)
                 logits = model(batch["inputs"])
                 if getattr(model, "multilabel", False):
                     loss = nn.functional.binary_cross_entropy_with_logits(logits, target.float())

@@ -199,6 +199,18 @@ def prune_global_magnitude(model: nn.Module, amount: float, *, permanent: bool =
     return sparsity(model)
 
 
+def refresh_pruned_weights(model: nn.Module) -> None:
+    """Recompute every masked weight (``weight_orig * weight_mask``) now.
+
+    Pruning recomputes it before a module's own ``forward``; a layer whose weight another
+    module reads directly (its ``forward`` never runs) needs this before each training step,
+    or it keeps a stale weight from the previous step's graph."""
+    for module in model.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, prune.BasePruningMethod):
+                setattr(module, hook._tensor_name, hook.apply_mask(module))
+
+
 def make_pruning_permanent(model: nn.Module) -> None:
     """Fold every pruning mask of ``model`` into its weight (``prune.remove``)."""
     for module in model.modules():

@@ -302,3 +302,34 @@ def test_distillation_moves_the_student_toward_the_teacher(tiny):
     assert "teacher" not in " ".join(student.state_dict())  # the teacher is not saved with it
     with pytest.raises(ValueError, match="teacher classes"):
         student.set_teacher(build_module({**cfg, "class_names": ["x", "y"]}))
+
+
+def test_fine_tuning_a_pruned_model_keeps_its_zeros(tiny):
+    import numpy as np
+
+    from mmctx.nn.compress import make_pruning_permanent
+    from mmctx.pipelines.compress import finetuner
+
+    model = build_module(tiny_config())
+    model.load_state_dict(tiny[1].state_dict())
+    prune_global_magnitude(model, 0.5, permanent=False)
+    rng = np.random.default_rng(0)
+    items = [
+        {
+            "id": str(i),
+            "line": i + 1,
+            "inputs": {
+                "text": f"w{i} w{i + 1}",
+                "image": rng.integers(0, 256, (1, 1, 16, 16), dtype=np.uint8),
+                "audio": (0.1 * rng.standard_normal(800)).astype(np.float32),
+            },
+            "label": i % 3,
+        }
+        for i in range(8)
+    ]
+    qkv = model.get_submodule("fused.backbone.blocks.0.attn.qkv")  # read by weight, not called
+    before = qkv.weight_orig.detach().clone()
+    finetuner(items, MODALITIES, preprocess_from(DATA), epochs=2, batch_size=4)(model)
+    assert not torch.equal(qkv.weight_orig, before)  # it trained
+    make_pruning_permanent(model)
+    assert sparsity(model) == pytest.approx(0.5, abs=1e-3)
