@@ -333,3 +333,29 @@ def test_fine_tuning_a_pruned_model_keeps_its_zeros(tiny):
     assert not torch.equal(qkv.weight_orig, before)  # it trained
     make_pruning_permanent(model)
     assert sparsity(model) == pytest.approx(0.5, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_distillation_through_the_cli_gives_a_student_predictor_loads(trained, tmp_path):
+    import sys
+    from pathlib import Path
+
+    demo = str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")
+    argv, sys.argv = sys.argv, ["mmctx"]
+    try:
+        main([
+            "fit", "--config", demo,
+            "--model.class_path", "DistillationClassifier",
+            "--model.init_args.teacher_ckpt", str(trained["ckpt"]),
+            "--model.init_args.backbone.init_args.dim", "32",
+            "--data.num_samples", "80", "--data.batch_size", "16",
+            "--data.cache_dir", str(trained["data"]),
+            "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+            "--trainer.default_root_dir", str(tmp_path),
+            "--trainer.logger.init_args.save_dir", str(tmp_path),
+        ])  # fmt: skip
+    finally:
+        sys.argv = argv
+    student = Predictor.from_checkpoint(next(tmp_path.rglob("best-*.ckpt")), device="cpu")
+    assert student.model.fused.dim == 32
+    assert student.predict(text="w1 w2")["status"] == "ok"
