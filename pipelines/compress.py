@@ -381,7 +381,8 @@ def markdown_table(report: dict[str, Any]) -> str:
         cells = [
             r["model"],
             f"{r['params']:,}",
-            f"{r['size_mb']:.2f}",
+            f"{r['size_mb']:.2f}"
+            + (f" (INT8 state {r['int8_state_mb']:.2f})" if "int8_state_mb" in r else ""),
             f"{r['latency_ms_b1']:.2f} ({base['latency_ms_b1'] / r['latency_ms_b1']:.2f}x)",
             f"{r['latency_ms_b32']:.1f} ({base['latency_ms_b32'] / r['latency_ms_b32']:.2f}x)",
             "n/a" if acc is None else f"{100 * acc:.1f}",
@@ -403,7 +404,8 @@ def write_report(report: dict[str, Any], out: Path) -> dict[str, Path]:
         f"and {report['repeats']['batch_32']} at batch 32; speed-up against the original in "
         "brackets. Accuracy: validation samples "
         f"({report['val_samples']} from {report['val_manifest']}), and with each modality "
-        "removed from every sample.",
+        "removed from every sample. Size: the files of each folder; int8/ holds float weights "
+        "and quantises on load, so its packed INT8 state (torch.save) is given in brackets.",
         "",
         markdown_table(report),
         "",

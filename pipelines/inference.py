@@ -205,6 +205,11 @@ class Predictor:
     def from_export(cls, folder: str | os.PathLike[str], device: str | None = None) -> Predictor:
         """Load a folder written by ``mmctx export`` (safetensors + config.json)."""
         model, data = load_export(folder)
+        quantised = any(
+            type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules()
+        )
+        if quantised and device is None:
+            device = "cpu"  # PyTorch's INT8 dynamic quantisation runs on the CPU only
         return cls(model, data, device)
 
     @classmethod
