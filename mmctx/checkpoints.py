@@ -162,15 +162,22 @@ def write_export(
     out_dir: str | os.PathLike[str],
     compression: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write ``model``'s float weights and ``config.json``; a compressed model's
-    ``compression`` record (:func:`mmctx.nn.compress.compression_record`) goes with them, so
-    :func:`load_export` rebuilds its structure (factorised layers, INT8 quantisation)."""
+    """Write ``model``'s weights and ``config.json``; a compressed model's ``compression``
+    record (:func:`mmctx.nn.compress.compression_record`) goes with them, so
+    :func:`load_export` rebuilds its structure (factorised layers, INT8 quantisation). A
+    quantised model (``record["quantised"]`` names its layers) is saved with int8 weights."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if (compression or {}).get("quantised"):  # a quantise_dynamic model: int8 weights
+        from mmctx.nn.compress import int8_state
+
+        state = int8_state(model)
+    else:
+        state = model.state_dict()
     # safetensors refuses tensors that share memory; clone makes each one its own.
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().clone().contiguous() for k, v in state.items()}
     save_file(state, out / EXPORT_WEIGHTS)
     meta = {"model": config, "data": data, "format": "mmctx-export-1"}
     if compression:
@@ -205,11 +212,17 @@ def load_export(
 
         apply_compression(model, compression)
     try:
-        model.load_state_dict(load_file(weights))
+        state = load_file(weights)
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{weights}: not a readable safetensors file ({err})") from None
-    if compression.get("quantised"):  # INT8 runs on the CPU only
-        from mmctx.nn.compress import quantise_dynamic
+    if compression.get("quantised"):  # INT8 weights; runs on the CPU only
+        from mmctx.nn.compress import load_int8_state, quantise_dynamic
 
-        return quantise_dynamic(model, compression["quantised"]).eval(), meta.get("data", {})
+        model = quantise_dynamic(model, compression["quantised"])
+        try:
+            load_int8_state(model, state)
+        except KeyError as err:
+            raise CheckpointError(f"{weights}: {err}") from None
+        return model.eval(), meta.get("data", {})
+    model.load_state_dict(state)
     return model.to(map_location).eval(), meta.get("data", {})

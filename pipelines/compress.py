@@ -6,8 +6,7 @@ Each method writes a folder that loads like any other model::
     DIR/original/   model.safetensors + config.json     Predictor.from_export / infer --export
     DIR/prune/      the same, weights pruned (zeros)    Predictor.from_export / infer --export
     DIR/lowrank/    the same, Linear layers factorised  Predictor.from_export / infer --export
-    DIR/int8/       float weights + "quantised": true   Predictor.from_export / infer --export
-                    (torch dynamic INT8 is re-applied on load, deterministically)
+    DIR/int8/       PyTorch dynamic INT8, int8 weights  Predictor.from_export / infer --export
     DIR/onnx/       model.onnx + config.json            Predictor.from_onnx / infer --onnx
     DIR/onnx-int8/  ONNX Runtime dynamic INT8 graph     Predictor.from_onnx / infer --onnx
 
@@ -139,8 +138,8 @@ def build_variants(
                 write_export(small, config, data, folder, compression_record(ranks))
             elif method == "int8":
                 names = quantisable(model, called)
-                write_export(model, config, data, folder, compression_record(quantised=names))
-                notes["int8_state_mb"] = _quantised_state_mb(quantise_dynamic(model, names))
+                quantised = quantise_dynamic(model, names)
+                write_export(quantised, config, data, folder, compression_record(quantised=names))
                 notes["quantised_layers"] = len(names)
             elif method == "onnx":
                 names = export_onnx(model, modalities, pre, folder / ONNX_FILE)
@@ -162,15 +161,6 @@ def build_variants(
             folder.rmdir() if not any(folder.iterdir()) else None
             variants[method] = {"error": str(err), "kind": "onnx", "notes": notes}
     return variants
-
-
-def _quantised_state_mb(model: nn.Module) -> float:
-    """Bytes of a quantised model's ``torch.save``d state (its packed int8 weights)."""
-    import io
-
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    return buffer.tell() / 2**20
 
 
 def _modalities(model: nn.Module, data: dict[str, Any]) -> tuple[str, ...]:
@@ -381,8 +371,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         cells = [
             r["model"],
             f"{r['params']:,}",
-            f"{r['size_mb']:.2f}"
-            + (f" (INT8 state {r['int8_state_mb']:.2f})" if "int8_state_mb" in r else ""),
+            f"{r['size_mb']:.2f}",
             f"{r['latency_ms_b1']:.2f} ({base['latency_ms_b1'] / r['latency_ms_b1']:.2f}x)",
             f"{r['latency_ms_b32']:.1f} ({base['latency_ms_b32'] / r['latency_ms_b32']:.2f}x)",
             "n/a" if acc is None else f"{100 * acc:.1f}",
@@ -404,8 +393,7 @@ def write_report(report: dict[str, Any], out: Path) -> dict[str, Path]:
         f"and {report['repeats']['batch_32']} at batch 32; speed-up against the original in "
         "brackets. Accuracy: validation samples "
         f"({report['val_samples']} from {report['val_manifest']}), and with each modality "
-        "removed from every sample. Size: the files of each folder; int8/ holds float weights "
-        "and quantises on load, so its packed INT8 state (torch.save) is given in brackets.",
+        "removed from every sample. Size: the files of each folder (config.json aside).",
         "",
         markdown_table(report),
         "",

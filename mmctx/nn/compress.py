@@ -302,3 +302,72 @@ def apply_compression(model: nn.Module, record: dict[str, Any]) -> nn.Module:
     """Give a freshly built ``model`` the structure a :func:`compression_record` describes,
     ready for the compressed weights (quantisation is applied after they load)."""
     return apply_factorisation(model, record.get("factorised") or {})
+
+
+def _is_quantised(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("torch.ao.nn.quantized.dynamic") and hasattr(
+        module, "_weight_bias"
+    )  # a layer, not one of its packed-parameter holders
+
+
+def _weights_and_biases(module: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """A dynamic quantised Linear's or RNN's int8 weights and float biases, by name."""
+    if hasattr(module, "_all_weight_values"):  # an RNN
+        found = module._weight_bias()
+        return dict(found["weight"]), dict(found["bias"])
+    weight, bias = module._weight_bias()
+    return {"weight": weight}, ({} if bias is None else {"bias": bias})
+
+
+def int8_state(model: nn.Module) -> dict[str, Tensor]:
+    """Plain tensors (for safetensors) of a :func:`quantise_dynamic` model: each quantised
+    layer's weights as ``<layer>.<weight>.int8`` plus ``.scale`` and ``.zero_point``, its
+    float biases, and every other parameter and buffer as it is."""
+    state: dict[str, Tensor] = {}
+    layers = [n for n, m in model.named_modules() if _is_quantised(m)]
+    for name in layers:
+        weights, biases = _weights_and_biases(model.get_submodule(name))
+        for key, q in weights.items():
+            state[f"{name}.{key}.int8"] = q.int_repr()
+            state[f"{name}.{key}.scale"] = torch.tensor(q.q_scale(), dtype=torch.float64)
+            state[f"{name}.{key}.zero_point"] = torch.tensor(q.q_zero_point())
+        for key, b in biases.items():
+            state[f"{name}.{key}"] = b.detach()
+    for key, value in model.state_dict().items():
+        inside = any(key.startswith(f"{n}.") for n in layers)
+        if isinstance(value, Tensor) and not value.is_quantized and not inside:
+            state[key] = value
+    return state
+
+
+def load_int8_state(model: nn.Module, state: dict[str, Tensor]) -> nn.Module:
+    """Load what :func:`int8_state` wrote into a model quantised the same way (in place)."""
+    state = dict(state)
+    layers = [n for n, m in model.named_modules() if _is_quantised(m)]
+    for name in layers:
+        module = model.get_submodule(name)
+        weights, biases = _weights_and_biases(module)
+        values: dict[str, Tensor] = {}
+        for key in weights:
+            ints = state.pop(f"{name}.{key}.int8")
+            scale = float(state.pop(f"{name}.{key}.scale"))
+            zero = int(state.pop(f"{name}.{key}.zero_point"))
+            values[key] = torch._make_per_tensor_quantized_tensor(ints, scale, zero)
+        for key in biases:
+            values[key] = state.pop(f"{name}.{key}")
+        if hasattr(module, "_all_weight_values"):
+            module.set_weight_bias(values)
+        else:
+            module.set_weight_bias(values["weight"], values.get("bias"))
+    # The quantised layers' own entries (packed weights just set, scale, ...) go back as
+    # they are, with the state dict's version metadata their loaders read.
+    full = model.state_dict()
+    mine = {k for k in full if any(k.startswith(f"{n}.") for n in layers)}
+    missing, unexpected = sorted(set(full) - mine - set(state)), sorted(set(state) - set(full))
+    if missing or unexpected:
+        raise KeyError(
+            f"the INT8 weights do not fit the model: missing {missing}, unexpected {unexpected}"
+        )
+    full.update(state)
+    model.load_state_dict(full)
+    return model

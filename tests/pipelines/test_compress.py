@@ -145,13 +145,17 @@ def test_int8_dynamic_quantisation_loads_back_and_stays_close(tiny, tmp_path):
     called = called_modules(model, lambda: model(batch()))
     names = quantisable(model, called)
     assert "fused.encoders.audio.rnn" in names and "fused.backbone.blocks.0.attn.qkv" not in names
-    write_export(model, config, DATA, tmp_path, compression_record(quantised=names))
-    loaded, _ = load_export(tmp_path)
+    quantised = quantise_dynamic(model, names)
+    write_export(quantised, config, DATA, tmp_path / "int8", compression_record(quantised=names))
+    write_export(model, config, DATA, tmp_path / "fp32")
+    sizes = {k: (tmp_path / k / "model.safetensors").stat().st_size for k in ("int8", "fp32")}
+    assert sizes["int8"] < sizes["fp32"]  # int8 weights on disk, not float ones
+    loaded, _ = load_export(tmp_path / "int8")
     kinds = {type(loaded.get_submodule(n)) for n in names}
     assert kinds == {torch.ao.nn.quantized.dynamic.Linear, torch.ao.nn.quantized.dynamic.GRU}
     b = batch()
     with torch.no_grad():
-        want = quantise_dynamic(model, names)(b)
+        want = quantised(b)
         got, exact = loaded(b), model(b)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)  # the same INT8 model
     assert (got.softmax(-1) - exact.softmax(-1)).abs().max() < 0.05  # and close to fp32
