@@ -148,18 +148,40 @@ def export_model(
     ckpt_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
 ) -> dict[str, Path]:
     """Write ``model.safetensors`` and ``config.json`` (model config + data settings)."""
-    from safetensors.torch import save_file
-
     ckpt = read_checkpoint(ckpt_path)
     config = _model_config(ckpt.get("hyper_parameters", {}), Path(ckpt_path))
     model = build_module(config, ckpt_path)
     model.load_state_dict(ckpt["state_dict"])
+    return write_export(model, config, data_settings(ckpt), out_dir)
+
+
+def write_export(
+    model: nn.Module,
+    config: dict[str, Any],
+    data: dict[str, Any],
+    out_dir: str | os.PathLike[str],
+    compression: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write ``model``'s weights and ``config.json``; a compressed model's ``compression``
+    record (:func:`mmctx.nn.compress.compression_record`) goes with them, so
+    :func:`load_export` rebuilds its structure (factorised layers, INT8 quantisation). A
+    quantised model (``record["quantised"]`` names its layers) is saved with int8 weights."""
+    from safetensors.torch import save_file
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if (compression or {}).get("quantised"):  # a quantise_dynamic model: int8 weights
+        from mmctx.nn.compress import int8_state
+
+        state = int8_state(model)
+    else:
+        state = model.state_dict()
     # safetensors refuses tensors that share memory; clone makes each one its own.
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().clone().contiguous() for k, v in state.items()}
     save_file(state, out / EXPORT_WEIGHTS)
-    meta = {"model": config, "data": data_settings(ckpt), "format": "mmctx-export-1"}
+    meta = {"model": config, "data": data, "format": "mmctx-export-1"}
+    if compression:
+        meta["compression"] = compression
     (out / EXPORT_CONFIG).write_text(json.dumps(meta, indent=1), encoding="utf-8")
     return {"weights": out / EXPORT_WEIGHTS, "config": out / EXPORT_CONFIG}
 
@@ -184,8 +206,23 @@ def load_export(
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
         raise CheckpointError(f"{cfg_path}: not an mmctx export config ({err})") from None
     model = build_module(config, cfg_path)
+    compression = meta.get("compression") or {}
+    if compression:
+        from mmctx.nn.compress import apply_compression
+
+        apply_compression(model, compression)
     try:
-        model.load_state_dict(load_file(weights))
+        state = load_file(weights)
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{weights}: not a readable safetensors file ({err})") from None
+    if compression.get("quantised"):  # INT8 weights; runs on the CPU only
+        from mmctx.nn.compress import load_int8_state, quantise_dynamic
+
+        model = quantise_dynamic(model, compression["quantised"])
+        try:
+            load_int8_state(model, state)
+        except KeyError as err:
+            raise CheckpointError(f"{weights}: {err}") from None
+        return model.eval(), meta.get("data", {})
+    model.load_state_dict(state)
     return model.to(map_location).eval(), meta.get("data", {})

@@ -53,6 +53,8 @@ Inference and generation:
                 mmctx infer --ckpt BEST.ckpt --folder my_media/ --out predictions.jsonl
   export        safetensors + config (and --torchscript) for serving without Lightning:
                 mmctx export --ckpt BEST.ckpt --out exported/ --torchscript
+  compress      prune / factorise / INT8 / ONNX, one folder each, and a report comparing them:
+                mmctx compress --ckpt BEST.ckpt --out small/ --val-manifest data/val.jsonl
   generate      draw images with a trained GAN (configs/gan_*.yaml) from conditions:
                 mmctx generate --ckpt GAN.ckpt --text "a seven" --audio 7.wav --out gen/
   gan-eval      conditional accuracy and diversity of a GAN's images (no downloaded network):
@@ -209,6 +211,12 @@ def _export(argv: Sequence[str]) -> int:
     return export_main(list(argv))
 
 
+def _compress(argv: Sequence[str]) -> int:
+    from mmctx.pipelines.compress import compress_main
+
+    return compress_main(list(argv))
+
+
 def _infer(argv: Sequence[str]) -> int:
     from mmctx.pipelines.inference import infer_main
 
@@ -234,6 +242,7 @@ OWN_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "robustness": _robustness,
     "infer": _infer,
     "export": _export,
+    "compress": _compress,
     "generate": _generate,
     "gan-eval": _gan_eval,
     "validate-data": _validate_data,

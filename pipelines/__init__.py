@@ -2,17 +2,20 @@
 
 ``MultimodalClassifier`` and ``MultimodalGAN`` put a head on the one ``FusedModel``
 (``mmctx.nn.fused``); ``Predictor`` (``mmctx infer``), export, robustness, augment-preview
-and the GAN's generate / gan-eval are library functions under thin commands.
+compress (``mmctx compress``) and the GAN's generate / gan-eval are library functions under
+thin commands; ``DistillationClassifier`` trains a student on a teacher's soft targets.
 """
 
 from .callbacks import LastCheckpoint, NonFiniteError, NonFiniteGuard, RunCheckpoint
 from .classifier import MultimodalClassifier
+from .distill import DistillationClassifier
 from .gan import Discriminator, Generator, MultimodalGAN
 from .inference import Predictor
 from .writers import JsonlPredictionWriter
 
 __all__ = [
     "Discriminator",
+    "DistillationClassifier",
     "Generator",
     "JsonlPredictionWriter",
     "LastCheckpoint",

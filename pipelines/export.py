@@ -62,10 +62,15 @@ class TensorClassifier(nn.Module):
 
 
 def example_inputs(
-    modalities: tuple[str, ...], pre: Preprocess, sizes: list[int], seed: int
+    modalities: tuple[str, ...],
+    pre: Preprocess,
+    sizes: list[int],
+    seed: int,
+    missing: str | None = None,
 ) -> dict:
     """A collated batch of synthetic samples (one per entry of ``sizes``, which sets text
-    words, audio length and frames); every third sample lacks one modality."""
+    words, audio length and frames); every third sample lacks one modality, and no sample
+    has the ``missing`` one."""
     rng = np.random.default_rng(seed)
     s, c = pre.image_size, pre.image_channels
     items = []
@@ -81,6 +86,7 @@ def example_inputs(
             raise ExportError(f"cannot make example inputs for modalities {sorted(unknown)}")
         if i % 3 == 2:
             sample.pop(modalities[i % len(modalities)])
+        sample.pop(missing, None)
         items.append(
             {
                 "id": str(i),

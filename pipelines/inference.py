@@ -210,7 +210,21 @@ class Predictor:
     def from_export(cls, folder: str | os.PathLike[str], device: str | None = None) -> Predictor:
         """Load a folder written by ``mmctx export`` (safetensors + config.json)."""
         model, data = load_export(folder)
+        quantised = any(
+            type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules()
+        )
+        if quantised and device is None:
+            device = "cpu"  # PyTorch's INT8 dynamic quantisation runs on the CPU only
         return cls(model, data, device)
+
+    @classmethod
+    def from_onnx(cls, folder: str | os.PathLike[str]) -> Predictor:
+        """Load a folder holding ``model.onnx`` + ``config.json`` (``mmctx compress``), run by
+        ONNX Runtime on the CPU."""
+        from .onnx_export import load_onnx
+
+        model, data = load_onnx(folder)
+        return cls(model, data, "cpu")
 
     def predict(
         self,
@@ -462,7 +476,10 @@ def _infer_parser() -> argparse.ArgumentParser:
     )
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--ckpt", help="checkpoint written by `mmctx fit`")
-    model.add_argument("--export", help="folder written by `mmctx export`")
+    model.add_argument(
+        "--export", help="folder written by `mmctx export` (or a torch model of `mmctx compress`)"
+    )
+    model.add_argument("--onnx", help="folder with model.onnx + config.json (`mmctx compress`)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--manifest", help="JSON Lines manifest to predict on")
     source.add_argument("--folder", help="folder of media files, grouped by stem")
@@ -509,11 +526,12 @@ def _infer_inputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 def _infer_predictor(args: argparse.Namespace) -> Predictor:
     """The model the arguments name, with the decode limits they override."""
-    predictor = (
-        Predictor.from_checkpoint(args.ckpt, args.device)
-        if args.ckpt is not None
-        else Predictor.from_export(args.export, args.device)
-    )
+    if args.ckpt is not None:
+        predictor = Predictor.from_checkpoint(args.ckpt, args.device)
+    elif args.onnx is not None:
+        predictor = Predictor.from_onnx(args.onnx)
+    else:
+        predictor = Predictor.from_export(args.export, args.device)
     changed = {
         "max_image_pixels": args.max_image_pixels,
         "max_audio_seconds": args.max_audio_seconds,
