@@ -53,6 +53,8 @@ Inference and generation:
                 mmctx infer --ckpt BEST.ckpt --folder my_media/ --out predictions.jsonl
   export        safetensors + config (and --torchscript) for serving without Lightning:
                 mmctx export --ckpt BEST.ckpt --out exported/ --torchscript
+  index         retrieval index of a corpus (build/add/remove/search), for infer --index:
+                mmctx index build --ckpt BEST.ckpt --manifest corpus.jsonl --out index/
   generate      draw images with a trained GAN (configs/gan_*.yaml) from conditions:
                 mmctx generate --ckpt GAN.ckpt --text "a seven" --audio 7.wav --out gen/
   gan-eval      conditional accuracy and diversity of a GAN's images (no downloaded network):
@@ -215,6 +217,12 @@ def _infer(argv: Sequence[str]) -> int:
     return infer_main(list(argv))
 
 
+def _index(argv: Sequence[str]) -> int:
+    from mmctx.pipelines.retrieval import index_main
+
+    return index_main(list(argv))
+
+
 def _generate(argv: Sequence[str]) -> int:
     from mmctx.pipelines.generate import generate_main
 
@@ -234,6 +242,7 @@ OWN_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "robustness": _robustness,
     "infer": _infer,
     "export": _export,
+    "index": _index,
     "generate": _generate,
     "gan-eval": _gan_eval,
     "validate-data": _validate_data,

@@ -107,6 +107,9 @@ class VectorIndex:
     def __len__(self) -> int:
         return len(self.items)
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._by_id
+
     def ids(self) -> list[str]:
         """Item ids, in the order they were added."""
         return [key for key, _ in self.items.values()]

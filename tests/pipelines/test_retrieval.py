@@ -1,0 +1,99 @@
+"""``mmctx index`` and ``mmctx infer --index`` with the tiny trained demo classifier."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmctx.cli import main
+from mmctx.index import VectorIndex
+from mmctx.pipelines.retrieval import build_index, search_index
+
+
+def _corpus(trained, tmp_path: Path, n: int = 6) -> Path:
+    """The first ``n`` demo test rows plus one row whose image is missing, as a manifest
+    beside the demo data (its paths stay inside the manifest's folder)."""
+    data = trained["data"]
+    rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()][:n]
+    rows.append({"id": "broken", "image": "images/no_such.png"})
+    path = data / f"corpus-{tmp_path.name}-{n}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_build_search_add_remove(trained, tmp_path, capsys):
+    corpus = _corpus(trained, tmp_path)
+    out = tmp_path / "idx"
+    code = main(["index", "build", "--ckpt", str(trained["ckpt"]), "--manifest", str(corpus),
+                 "--out", str(out), "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "no_such.png" in err and "1 rows skipped" in err  # the bad row only
+    index = VectorIndex.load(out)
+    assert len(index) == 6 and index.kind == "flat" and "broken" not in index
+    first = json.loads(corpus.read_text().splitlines()[0])
+
+    # A corpus item's own content finds itself first, at cosine ~1.
+    query = {k: v for k, v in first.items() if k in ("text", "image", "audio")}
+    query.update({k: str(corpus.parent / query[k]) for k in ("image", "audio") if k in query})
+    hits = search_index(out, trained["ckpt"], query, k=3, device="cpu")
+    assert hits[0].id == first["id"] and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert len(hits) == 3 and hits[0].score >= hits[1].score >= hits[2].score
+
+    assert main(["index", "remove", str(out), first["id"]]) == 0
+    hits = search_index(out, trained["ckpt"], query, k=3, device="cpu")
+    assert first["id"] not in [h.id for h in hits]
+    assert main(["index", "remove", str(out), "nope"]) == 2
+    assert "not in the index" in capsys.readouterr().err
+
+    again = corpus.parent / f"again-{tmp_path.name}.jsonl"
+    again.write_text(json.dumps(first) + "\n")
+    assert main(["index", "add", str(out), "--ckpt", str(trained["ckpt"]), "--manifest",
+                 str(again), "--no-progress"]) == 0  # fmt: skip
+    assert search_index(out, trained["ckpt"], query, k=1, device="cpu")[0].id == first["id"]
+    assert main(["index", "search", str(out), "--ckpt", str(trained["ckpt"]), "-k", "2",
+                 "--text", first.get("text", "seven")]) == 0  # fmt: skip
+    assert len(capsys.readouterr().out.strip().splitlines()) >= 2
+
+
+def _infer(argv, capsys) -> tuple[int, list[dict], str]:
+    code = main(["infer", "--no-progress", *argv])
+    captured = capsys.readouterr()
+    return code, [json.loads(x) for x in captured.out.splitlines()], captured.err
+
+
+def test_infer_with_and_without_index(trained, tmp_path, capsys):
+    corpus = _corpus(trained, tmp_path)
+    build_index(trained["ckpt"], corpus, tmp_path / "idx", device="cpu")
+    manifest = str(trained["data"] / "val.jsonl")
+    ckpt = ["--ckpt", str(trained["ckpt"]), "--manifest", manifest, "--device", "cpu"]
+    code, plain, _ = _infer(ckpt, capsys)
+    assert code == 0 and plain and all("retrieved" not in r for r in plain)
+    code, records, _ = _infer([*ckpt, "--index", str(tmp_path / "idx"), "--retrieve-k", "2"],
+                              capsys)  # fmt: skip
+    assert code == 0 and len(records) == len(plain)
+    corpus_ids = set(VectorIndex.load(tmp_path / "idx").ids())
+    for record in records:
+        assert len(record["retrieved"]) == 2 and {i for i, _ in record["retrieved"]} <= corpus_ids
+        assert record["retrieved"][0][1] >= record["retrieved"][1][1]
+
+
+def test_mismatched_or_missing_index_is_a_clear_error(trained, tmp_path, capsys):
+    base = ["--ckpt", str(trained["ckpt"]), "--text", "seven", "--device", "cpu"]
+    code, _, err = _infer([*base, "--index", str(tmp_path / "none")], capsys)
+    assert code == 2 and f"{tmp_path / 'none' / 'meta.json'}: missing" in err
+
+    other = VectorIndex(dim=16, kind="flat")
+    other.add(np.eye(2, 16), ["a", "b"])
+    other.save(tmp_path / "wide")
+    code, _, err = _infer([*base, "--index", str(tmp_path / "wide")], capsys)
+    assert code == 2 and f"{tmp_path / 'wide'}: the index holds 16-d vectors" in err
+
+    build_index(trained["ckpt"], _corpus(trained, tmp_path, 2), tmp_path / "idx", device="cpu")
+    meta = json.loads((tmp_path / "idx" / "meta.json").read_text())
+    meta["model"]["fingerprint"] = "0123456789abcdef"  # as if another model had built it
+    (tmp_path / "idx" / "meta.json").write_text(json.dumps(meta))
+    code, _, err = _infer([*base, "--index", str(tmp_path / "idx")], capsys)
+    assert code == 2 and "idx: the index was built by another model" in err
