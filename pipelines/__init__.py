@@ -9,6 +9,7 @@ from .callbacks import LastCheckpoint, NonFiniteError, NonFiniteGuard, RunCheckp
 from .classifier import MultimodalClassifier
 from .gan import Discriminator, Generator, MultimodalGAN
 from .inference import Predictor
+from .retrieval_classifier import RetrievalClassifier
 from .writers import JsonlPredictionWriter
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "NonFiniteError",
     "NonFiniteGuard",
     "Predictor",
+    "RetrievalClassifier",
     "RunCheckpoint",
 ]

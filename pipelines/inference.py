@@ -47,7 +47,7 @@ from mmctx.data.manifest import (
 from mmctx.data.modalities import resolve_modalities
 from mmctx.data.paths import UNCONFINED, confined_path
 from mmctx.errors import one_line, printable
-from mmctx.index import VectorIndex, fingerprint
+from mmctx.index import IndexMismatchError, VectorIndex, fingerprint
 from mmctx.io import Limits
 
 log = logging.getLogger(__name__)
@@ -312,6 +312,27 @@ class Predictor:
             pooled = retriever_of(self.model)(inputs).pooled.float()
         return torch.nn.functional.normalize(pooled, dim=-1).cpu()
 
+    def _neighbours(self, hits: list[list[Any]]) -> tuple[dict[str, Any], torch.Tensor]:
+        """Collated inputs of the retrieved items ``(b * k)``, sample-major, and their
+        scores ``(b, k)``; rows' paths start from the index's ``base`` folder."""
+        k = min(len(h) for h in hits)
+        if k == 0:
+            raise IndexMismatchError("the index holds no items to retrieve")
+        base = Path(self.index.base)
+        flat = [h for row in hits for h in row[:k]]
+        samples = [
+            parse_row(h.row, i + 1, base, modalities=self.modalities, check_labels=False)
+            for i, h in enumerate(flat)
+        ]
+        dataset = ManifestDataset(samples, None, self.modalities, self.preprocess)
+        items = [dataset[i] for i in range(len(dataset))]
+        bad = [str(it) for it in items if isinstance(it, SampleError)]
+        if bad:
+            raise IndexMismatchError(f"{base}: a retrieved item cannot be read: {bad[0]}")
+        batch = Collate(self.modalities, self.preprocess, None)(items)
+        scores = torch.tensor([[h.score for h in row[:k]] for row in hits])
+        return move_data_to_device(batch["inputs"], self.device), scores.to(self.device)
+
     def _embed(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
         vectors = self.query_vectors(batch["inputs"])
         finite = torch.isfinite(vectors).all(dim=-1)
@@ -407,8 +428,9 @@ class Predictor:
             hits = self.index.search(self.query_vectors(batch["inputs"]), self.retrieve_k)
         inputs = move_data_to_device(batch["inputs"], self.device)
         with self._lock, torch.inference_mode():
-            if hits is not None and hasattr(self.model, "forward_retrieved"):
-                logits = self.model.forward_retrieved(inputs, hits).float()
+            if hits is not None and hasattr(self.model, "read_neighbours"):
+                neighbours, scores = self._neighbours(hits)
+                logits = self.model.read_neighbours(inputs, neighbours, scores).float()
             else:
                 logits = self.model(inputs).float()
         finite = torch.isfinite(logits).all(dim=-1).cpu()  # (b,)

@@ -159,3 +159,51 @@ class LongContextDataModule(MultimodalDataModule):
         from mmctx.datasets.longctx import make_longctx_dataset
 
         make_longctx_dataset(self.folder, self.spec, progress=True)
+
+
+class CodeWordDataModule(MultimodalDataModule):
+    """Queries whose answer lives in a corpus (see :mod:`mmctx.datasets.codewords`).
+
+    Train and validation read ``corpus_train.jsonl``; test (and predict) read
+    ``corpus_test.jsonl``, which maps every code word to a NEW digit: only a model that
+    reads what it retrieves can be right there. ``corpus_manifest(stage)`` tells a
+    :class:`~mmctx.pipelines.RetrievalClassifier` which corpus to use.
+
+    Args:
+        num_samples: Queries in all splits together.
+        num_codes: Distinct code words (one corpus entry each).
+        filler_words: Filler words around the code word in each query.
+        seed: Seed of the generator.
+        cache_dir: Folder for the generated data (default: under ``default_cache_dir()``).
+        **kwargs: Any other :class:`MultimodalDataModule` argument.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 2000,
+        num_codes: int = 40,
+        filler_words: int = 6,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        **kwargs,
+    ) -> None:
+        from mmctx.datasets.codewords import CodeWordSpec
+
+        kwargs.setdefault("modalities", ["text"])
+        super().__init__(**kwargs)
+        _digits_by_default(self)
+        self.spec = CodeWordSpec(num_samples, num_codes, filler_words, seed)
+        name = f"codewords-n{num_samples}-c{num_codes}-f{filler_words}-s{seed}"
+        self.folder = Path(cache_dir) if cache_dir else default_cache_dir() / name
+        self.use_generated(split_manifests(self.folder))
+
+    def corpus_manifest(self, stage: str) -> Path:
+        """The corpus of a stage: the test corpus for ``test`` and ``predict``."""
+        split = "test" if stage in ("test", "predict") else "train"
+        return self.folder / f"corpus_{split}.jsonl"
+
+    def prepare_data(self) -> None:
+        """Write the dataset into ``folder`` unless it is there already (rank 0 only)."""
+        from mmctx.datasets.codewords import make_codeword_dataset
+
+        make_codeword_dataset(self.folder, self.spec)
