@@ -35,12 +35,16 @@ class CodeWordSpec:
         num_samples: Queries over all splits (>= 10); split 70/15/15.
         num_codes: Distinct code words (>= 10); the corpus has one entry per code word.
         filler_words: Filler words around the code word in each query (>= 0).
+        train_worlds: Mappings ("worlds") of the training corpus (>= 1); a query names its
+            world, and the corpus holds one entry per world and code word. Many worlds make
+            memorising a mapping harder than reading the retrieved entry.
         seed: Base seed (>= 0).
     """
 
     num_samples: int = 2000
     num_codes: int = 40
     filler_words: int = 6
+    train_worlds: int = 10
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -48,6 +52,7 @@ class CodeWordSpec:
             ("num_samples", self.num_samples >= 10),
             ("num_codes", 10 <= self.num_codes <= len(_SYLLABLES) ** 3),
             ("filler_words", self.filler_words >= 0),
+            ("train_worlds", self.train_worlds >= 1),
             ("seed", self.seed >= 0),
         ):
             if not ok:
@@ -65,34 +70,47 @@ def code_words(n: int, seed: int) -> list[str]:
     return words
 
 
-def _corpus(words: list[str], mapping: np.ndarray) -> list[dict]:
+def _corpus(world: str, words: list[str], mapping: np.ndarray) -> list[dict]:
     return [
-        {"id": f"code-{w}", "text": f"{w} means {DIGIT_WORDS[int(d)]}"}
+        {"id": f"{world}-{w}", "text": f"in {world} {w} means {DIGIT_WORDS[int(d)]}"}
         for w, d in zip(words, mapping, strict=True)
     ]
 
 
+def _queries(
+    rng: np.random.Generator, ids: range, worlds: list[str], maps: list, words: list[str], spec
+) -> list[dict]:
+    rows = []
+    for i in ids:
+        world = int(rng.integers(len(worlds)))
+        code = int(rng.integers(spec.num_codes))
+        text = [str(w) for w in rng.choice(_VOCAB, spec.filler_words)]
+        text.insert(int(rng.integers(0, spec.filler_words + 1)), words[code])
+        text = ["in", worlds[world], *text]
+        rows.append({"id": f"q{i:05d}", "text": " ".join(text), "label": int(maps[world][code])})
+    return rows
+
+
 def _generate(root: Path, spec: CodeWordSpec) -> None:
     rng = np.random.default_rng(spec.seed)
-    words = code_words(spec.num_codes, spec.seed)
-    train_map = np.arange(spec.num_codes) % 10
-    rng.shuffle(train_map)
-    test_map = (train_map + rng.integers(1, 10, spec.num_codes)) % 10  # every code changes
+    names = code_words(spec.num_codes + spec.train_worlds + 1, spec.seed)
+    words, worlds = names[: spec.num_codes], names[spec.num_codes :]
+    maps = [rng.permutation(np.arange(spec.num_codes) % 10) for _ in worlds]
     n_train = int(spec.num_samples * 0.7)
     n_val = int(spec.num_samples * 0.15)
-    splits = {"train": (0, n_train), "val": (n_train, n_train + n_val)}
-    splits["test"] = (n_train + n_val, spec.num_samples)
-    for split, (lo, hi) in splits.items():
-        mapping = test_map if split == "test" else train_map
-        rows = []
-        for i in range(lo, hi):
-            code = int(rng.integers(spec.num_codes))
-            text = [str(w) for w in rng.choice(_VOCAB, spec.filler_words)]
-            text.insert(int(rng.integers(0, spec.filler_words + 1)), words[code])
-            rows.append({"id": f"q{i:05d}", "text": " ".join(text), "label": int(mapping[code])})
-        _write_jsonl(root / f"{split}.jsonl", rows)
-    _write_jsonl(root / "corpus_train.jsonl", _corpus(words, train_map))
-    _write_jsonl(root / "corpus_test.jsonl", _corpus(words, test_map))
+    train_worlds, test_world = worlds[:-1], worlds[-1:]
+    rows = _queries(rng, range(n_train + n_val), train_worlds, maps, words, spec)
+    _write_jsonl(root / "train.jsonl", rows[:n_train])
+    _write_jsonl(root / "val.jsonl", rows[n_train:])
+    test = _queries(
+        rng, range(n_train + n_val, spec.num_samples), test_world, maps[-1:], words, spec
+    )
+    _write_jsonl(root / "test.jsonl", test)
+    train_corpus = [
+        e for w, m in zip(train_worlds, maps, strict=False) for e in _corpus(w, words, m)
+    ]
+    _write_jsonl(root / "corpus_train.jsonl", train_corpus)
+    _write_jsonl(root / "corpus_test.jsonl", _corpus(test_world[0], words, maps[-1]))
     (root / "COMPLETE").write_text(json.dumps(asdict(spec), sort_keys=True) + "\n")
 
 

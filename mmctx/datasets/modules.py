@@ -173,6 +173,7 @@ class CodeWordDataModule(MultimodalDataModule):
         num_samples: Queries in all splits together.
         num_codes: Distinct code words (one corpus entry each).
         filler_words: Filler words around the code word in each query.
+        train_worlds: Code-word mappings of the training corpus (each query names its world).
         seed: Seed of the generator.
         cache_dir: Folder for the generated data (default: under ``default_cache_dir()``).
         **kwargs: Any other :class:`MultimodalDataModule` argument.
@@ -183,6 +184,7 @@ class CodeWordDataModule(MultimodalDataModule):
         num_samples: int = 2000,
         num_codes: int = 40,
         filler_words: int = 6,
+        train_worlds: int = 10,
         seed: int = 0,
         cache_dir: str | None = None,
         **kwargs,
@@ -192,8 +194,8 @@ class CodeWordDataModule(MultimodalDataModule):
         kwargs.setdefault("modalities", ["text"])
         super().__init__(**kwargs)
         _digits_by_default(self)
-        self.spec = CodeWordSpec(num_samples, num_codes, filler_words, seed)
-        name = f"codewords-n{num_samples}-c{num_codes}-f{filler_words}-s{seed}"
+        self.spec = CodeWordSpec(num_samples, num_codes, filler_words, train_worlds, seed)
+        name = f"codewords-n{num_samples}-c{num_codes}-f{filler_words}-w{train_worlds}-s{seed}"
         self.folder = Path(cache_dir) if cache_dir else default_cache_dir() / name
         self.use_generated(split_manifests(self.folder))
 

@@ -97,3 +97,119 @@ def test_mismatched_or_missing_index_is_a_clear_error(trained, tmp_path, capsys)
     (tmp_path / "idx" / "meta.json").write_text(json.dumps(meta))
     code, _, err = _infer([*base, "--index", str(tmp_path / "idx")], capsys)
     assert code == 2 and "idx: the index was built by another model" in err
+
+
+# -- RetrievalClassifier -------------------------------------------------------------------
+
+
+def _tiny(mode: str, corpus_rows: list[dict], tmp_path: Path, k: int = 2):
+    import torch
+
+    from mmctx.data import Preprocess
+    from mmctx.data.modalities import resolve_modalities
+    from mmctx.encoders import TextTransformerEncoder
+    from mmctx.nn.backbones import TransformerBackbone
+    from mmctx.pipelines import RetrievalClassifier
+
+    torch.manual_seed(0)
+    model = RetrievalClassifier(
+        {"text": TextTransformerEncoder(dim=16, depth=1, heads=2, max_tokens=16, dropout=0.0)},
+        TransformerBackbone(dim=16, depth=1, heads=2),
+        class_names=["a", "b"],
+        k=k,
+        mode=mode,
+    )
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in corpus_rows))
+    model.load_corpus(path, resolve_modalities(["text"]), Preprocess())
+    return model
+
+
+def _batch(texts: list[str]) -> dict:
+    from mmctx.data import Collate, Preprocess
+
+    loaded = [{"id": f"s{i}", "line": i, "inputs": {"text": t}} for i, t in enumerate(texts)]
+    return Collate(["text"], Preprocess(), None)(loaded)
+
+
+CORPUS = [{"id": f"s{i}", "text": t} for i, t in enumerate(["red apple", "blue sky", "green leaf"])]
+
+
+def test_a_sample_never_retrieves_itself(tmp_path):
+    model = _tiny("frozen", CORPUS, tmp_path, k=2).eval()
+    batch = _batch([r["text"] for r in CORPUS])  # the corpus items themselves, same ids
+    query = model._query(batch["inputs"])
+    idx, scores = model.retrieve(query)  # without exclusion each finds itself first
+    assert idx[:, 0].tolist() == [0, 1, 2] and scores[:, 0].tolist() == pytest.approx([1] * 3)
+    idx, _ = model.retrieve(query, exclude=batch["ids"])
+    for row, own in enumerate(range(3)):
+        assert own not in idx[row].tolist() and len(idx[row]) == 2
+    logits = model._logits({**batch, "label": None})  # the training path excludes by id
+    assert logits.shape == (3, 2)
+
+
+@pytest.mark.parametrize("mode", ["realm", "frozen"])
+def test_gradient_reaches_the_query_encoder_only_in_realm(mode, tmp_path):
+    model = _tiny(mode, CORPUS, tmp_path)
+    batch = _batch(["red sky", "green apple"])
+    seen = {}
+    query_fn = model._query
+
+    def spy(inputs):
+        q = query_fn(inputs)
+        if q.requires_grad:
+            q.retain_grad()
+        seen["q"] = q
+        return q
+
+    model._query = spy
+    model(batch["inputs"]).logsumexp(-1).sum().backward()
+    q = seen["q"]
+    if mode == "realm":
+        assert q.grad is not None and q.grad.abs().sum() > 0  # through the retrieval scores
+    else:
+        assert not q.requires_grad
+        assert all(p.grad is None for p in model.retriever.parameters())
+
+
+def test_refresh_re_embeds_the_corpus_with_the_current_encoder(tmp_path):
+    import torch
+
+    model = _tiny("realm", CORPUS, tmp_path)
+    before = model._corpus["vectors"].clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    model(_batch(["red sky"])["inputs"]).logsumexp(-1).sum().backward()
+    optimizer.step()
+    assert torch.equal(model._corpus["vectors"], before)  # stale until refreshed
+    model.refresh_corpus()
+    assert not torch.allclose(model._corpus["vectors"], before)
+
+
+def test_retrieval_classifier_settings_are_checked():
+    from mmctx.encoders import TextTransformerEncoder
+    from mmctx.nn.backbones import TransformerBackbone
+    from mmctx.pipelines import RetrievalClassifier
+
+    enc = {"text": TextTransformerEncoder(dim=16, depth=1, heads=2)}
+    with pytest.raises(ValueError, match="mode must be one of"):
+        RetrievalClassifier(enc, TransformerBackbone(dim=16, depth=1, heads=2), ["a", "b"],
+                            mode="dense")  # fmt: skip
+
+
+def test_codeword_data_moves_every_code_to_a_new_class(tmp_path):
+    from mmctx.datasets.codewords import CodeWordSpec, make_codeword_dataset
+
+    paths = make_codeword_dataset(tmp_path / "cw", CodeWordSpec(num_samples=40, num_codes=10))
+    folder = paths["train"].parent
+    train = [json.loads(x) for x in (folder / "corpus_train.jsonl").read_text().splitlines()]
+    test = [json.loads(x) for x in (folder / "corpus_test.jsonl").read_text().splitlines()]
+    assert len(train) == 10 * 10 and len(test) == 10
+    test_world = test[0]["text"].split()[1]
+    assert all(test_world not in e["text"] for e in train)  # a world never seen in training
+    for row in (json.loads(x) for x in paths["test"].read_text().splitlines()):
+        code = next(e for e in test if e["text"].split()[2] in row["text"].split())
+        assert code["text"].endswith(
+            ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"][
+                row["label"]
+            ]
+        )
