@@ -643,6 +643,11 @@ def infer_main(argv: list[str]) -> int:
         predictor.set_limits(**{k: v for k, v in changed.items() if v is not None})
         if args.index:
             predictor.use_index(args.index, args.retrieve_k)
+        if hasattr(predictor.model, "read_neighbours") and predictor.index is None:
+            raise ValueError(
+                f"{args.ckpt or args.export}: this model reads retrieved items; give --index "
+                "INDEX (built from this checkpoint with `mmctx index build`)"
+            )
         out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
     except (OSError, CheckpointError, ValueError) as err:
         print(f"mmctx infer: error: {one_line(str(err))}", file=sys.stderr)

@@ -213,3 +213,39 @@ def test_codeword_data_moves_every_code_to_a_new_class(tmp_path):
                 row["label"]
             ]
         )
+
+
+@pytest.mark.slow
+def test_retrieval_model_fits_indexes_and_infers_with_its_neighbours(tmp_path, capsys):
+    """The whole loop through the CLI: fit a tiny RetrievalClassifier on the code-word data,
+    build an index of the test corpus with it, infer with and without that index."""
+    import sys
+
+    config = str(Path(__file__).resolve().parents[2] / "configs" / "retrieval_demo.yaml")
+    argv, sys.argv = sys.argv, ["mmctx"]
+    try:
+        code = main([
+            "fit", "--config", config, "--data.num_samples", "60",
+            "--data.init_args.num_codes", "10", "--data.init_args.train_worlds", "2",
+            "--data.cache_dir", str(tmp_path / "data"), "--trainer.max_epochs", "1",
+            "--trainer.enable_progress_bar", "false",
+            "--trainer.default_root_dir", str(tmp_path / "runs"),
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        ])  # fmt: skip
+    finally:
+        sys.argv = argv
+    assert code == 0
+    ckpt = str(tmp_path / "runs" / "checkpoints" / "last.ckpt")
+    data = tmp_path / "data"
+    assert main(["index", "build", "--ckpt", ckpt, "--manifest", str(data / "corpus_test.jsonl"),
+                 "--out", str(tmp_path / "idx"), "--no-progress"]) == 0  # fmt: skip
+    capsys.readouterr()
+    base = ["--ckpt", ckpt, "--manifest", str(data / "test.jsonl"), "--device", "cpu"]
+    code, records, _ = _infer([*base, "--index", str(tmp_path / "idx"), "--retrieve-k", "4"],
+                              capsys)  # fmt: skip
+    assert code == 0 and records
+    corpus_ids = set(VectorIndex.load(tmp_path / "idx").ids())
+    assert all(len(r["retrieved"]) == 4 and {i for i, _ in r["retrieved"]} <= corpus_ids
+               for r in records)  # fmt: skip
+    code, _, err = _infer(base, capsys)  # a retrieval model without an index says so
+    assert code == 2 and "mmctx index build" in err
