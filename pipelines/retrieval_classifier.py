@@ -63,6 +63,9 @@ class RetrievalClassifier(MultimodalClassifier):
             optimizer steps (0: only at the start of each stage).
         temperature: REALM: retrieval scores (cosines) are divided by it in the softmax.
         retrieval_index: Index folder ``mmctx infer`` uses by default (``mmctx index build``).
+        neighbour_tokens: What of a neighbour the backbone reads: ``"pooled"`` (its pooled
+            vector, one token) or ``"sequence"`` (its whole fused sequence, before the
+            backbone).
         **kwargs: Any other :class:`MultimodalClassifier` argument.
     """
 
@@ -77,6 +80,7 @@ class RetrievalClassifier(MultimodalClassifier):
         refresh_every_n_steps: int = 100,
         temperature: float = 0.1,
         retrieval_index: str | None = None,
+        neighbour_tokens: str = "pooled",
         **kwargs: Any,
     ) -> None:
         super().__init__(encoders, backbone, class_names, **kwargs)
@@ -90,6 +94,11 @@ class RetrievalClassifier(MultimodalClassifier):
         self.corpus, self.mode, self.retrieval_k = corpus, mode, k
         self.refresh_every_n_steps, self.temperature = refresh_every_n_steps, temperature
         self.retrieval_index = retrieval_index
+        if neighbour_tokens not in ("pooled", "sequence"):
+            raise ValueError(
+                f"neighbour_tokens must be 'pooled' or 'sequence', got {neighbour_tokens!r}"
+            )
+        self.neighbour_tokens = neighbour_tokens
         self.retriever = copy.deepcopy(self.fused) if mode == "frozen" else None
         if self.retriever is not None:
             self.retriever.requires_grad_(False)
@@ -160,31 +169,31 @@ class RetrievalClassifier(MultimodalClassifier):
         retriever.train(was)
         self._corpus["vectors"] = torch.cat(chunks)  # (c, d)
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
+    def _use_corpus(self, stage: str) -> None:
+        """Load the corpus of ``stage`` (``train``, ``val``, ``test``, ``predict``) unless it
+        is loaded already: the data module's ``corpus_manifest(stage)``, else ``corpus``."""
         dm, pre = self._data_side()
         manifest = dm.corpus_manifest(stage) if hasattr(dm, "corpus_manifest") else self.corpus
         if manifest is None:
             raise ValueError("RetrievalClassifier: no corpus (set model corpus: PATH)")
-        self._stage_corpus = (manifest, dm.modality_handlers, pre)
-
-    def _ensure_corpus(self) -> None:
-        manifest, modalities, pre = self._stage_corpus
         if self._corpus is None or self._corpus["source"] != str(manifest):
-            self.load_corpus(manifest, modalities, pre)
+            self.load_corpus(manifest, dm.modality_handlers, pre)
 
-    def on_fit_start(self) -> None:
-        self._corpus = None
-        self._ensure_corpus()
-
-    def on_test_start(self) -> None:
-        self._ensure_corpus()
+    def on_train_epoch_start(self) -> None:
+        self._use_corpus("train")
 
     def on_validation_start(self) -> None:
-        self._ensure_corpus()
+        self._use_corpus("val")
+
+    def on_validation_end(self) -> None:
+        if self.trainer.training:  # back to the training corpus for the rest of the epoch
+            self._use_corpus("train")
+
+    def on_test_start(self) -> None:
+        self._use_corpus("test")
 
     def on_predict_start(self) -> None:
-        self._ensure_corpus()
+        self._use_corpus("predict")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         n = self.refresh_every_n_steps
@@ -226,23 +235,25 @@ class RetrievalClassifier(MultimodalClassifier):
             scores: Retrieval scores ``(b, k)`` (REALM: with gradient to the query encoder).
         """
         b, k = scores.shape
-        tokens = self.fused(neighbours).pooled.view(b, k, -1)  # (b, k, d)
-        tokens = tokens + self.retrieved_type + scores.detach()[..., None] * self.score_embed
+        if self.neighbour_tokens == "sequence":  # every fused position of each neighbour
+            seq = self.fused.fuse(neighbours)  # (b*k, m, d)
+            feats, mask = seq.features, seq.mask
+        else:  # one token per neighbour: its pooled vector
+            feats = self.fused(neighbours).pooled[:, None]  # (b*k, 1, d)
+            mask = torch.ones(b * k, 1, dtype=torch.bool, device=feats.device)
+        tag = self.retrieved_type + scores.detach().reshape(b * k, 1, 1) * self.score_embed
+        feats = feats + tag  # (b*k, m, d)
+        m = feats.shape[1]
         fused = self.fused.fuse(inputs)
-        if self.mode == "frozen":
-            extra = FeatureSequence(
-                tokens, torch.ones(b, k, dtype=torch.bool, device=tokens.device)
-            )
+        if self.mode == "frozen":  # one read of the sample with all k neighbours
+            extra = FeatureSequence(feats.reshape(b, k * m, -1), mask.reshape(b, k * m))
             return self.head(self.fused.read(fused, extra).pooled)
         # REALM: one read per neighbour, the batch repeated k times (sample-major).
         rep = FeatureSequence(
             *(t.repeat_interleave(k, 0) if t is not None else None for t in fused)
         )  # (b*k, n, d)
-        extra = FeatureSequence(
-            tokens.reshape(b * k, 1, -1),
-            torch.ones(b * k, 1, dtype=torch.bool, device=tokens.device),
-        )
-        log_py = self.head(self.fused.read(rep, extra).pooled).log_softmax(-1)  # (b*k, classes)
+        read = self.fused.read(rep, FeatureSequence(feats, mask))
+        log_py = self.head(read.pooled).log_softmax(-1)  # (b*k, classes)
         log_pz = (scores / self.temperature).log_softmax(-1)  # (b, k)
         return torch.logsumexp(log_pz[..., None] + log_py.view(b, k, -1), dim=1)  # (b, classes)
 

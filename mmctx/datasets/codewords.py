@@ -38,6 +38,10 @@ class CodeWordSpec:
         train_worlds: Mappings ("worlds") of the training corpus (>= 1); a query names its
             world, and the corpus holds one entry per world and code word. Many worlds make
             memorising a mapping harder than reading the retrieved entry.
+        rounds: Versions of the training data (>= 1): round r > 0 holds the same queries with
+            every training world's mapping redrawn (``train_r<r>.jsonl``,
+            ``corpus_train_r<r>.jsonl``); training epoch e reads round ``e % rounds``, so
+            memorising a mapping stops paying.
         seed: Base seed (>= 0).
     """
 
@@ -45,6 +49,7 @@ class CodeWordSpec:
     num_codes: int = 40
     filler_words: int = 6
     train_worlds: int = 10
+    rounds: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -53,6 +58,7 @@ class CodeWordSpec:
             ("num_codes", 10 <= self.num_codes <= len(_SYLLABLES) ** 3),
             ("filler_words", self.filler_words >= 0),
             ("train_worlds", self.train_worlds >= 1),
+            ("rounds", self.rounds >= 1),
             ("seed", self.seed >= 0),
         ):
             if not ok:
@@ -99,17 +105,24 @@ def _generate(root: Path, spec: CodeWordSpec) -> None:
     n_train = int(spec.num_samples * 0.7)
     n_val = int(spec.num_samples * 0.15)
     train_worlds, test_world = worlds[:-1], worlds[-1:]
-    rows = _queries(rng, range(n_train + n_val), train_worlds, maps, words, spec)
-    _write_jsonl(root / "train.jsonl", rows[:n_train])
-    _write_jsonl(root / "val.jsonl", rows[n_train:])
+    remaps = [[rng.permutation(m) for m in maps[:-1]] for _ in range(1, spec.rounds)]
+    state = rng.bit_generator.state
+    for r, round_maps in enumerate([maps[:-1], *remaps]):
+        # Round r: the same queries (same draws), every training world's mapping redrawn.
+        rng.bit_generator.state = state
+        rows = _queries(rng, range(n_train + n_val), train_worlds, round_maps, words, spec)
+        corpus = [
+            e for w, m in zip(train_worlds, round_maps, strict=True) for e in _corpus(w, words, m)
+        ]
+        suffix = f"_r{r}" if r else ""
+        _write_jsonl(root / f"train{suffix}.jsonl", rows[:n_train])
+        _write_jsonl(root / f"corpus_train{suffix}.jsonl", corpus)
+        if not r:
+            _write_jsonl(root / "val.jsonl", rows[n_train:])
     test = _queries(
         rng, range(n_train + n_val, spec.num_samples), test_world, maps[-1:], words, spec
     )
     _write_jsonl(root / "test.jsonl", test)
-    train_corpus = [
-        e for w, m in zip(train_worlds, maps, strict=False) for e in _corpus(w, words, m)
-    ]
-    _write_jsonl(root / "corpus_train.jsonl", train_corpus)
     _write_jsonl(root / "corpus_test.jsonl", _corpus(test_world[0], words, maps[-1]))
     (root / "COMPLETE").write_text(json.dumps(asdict(spec), sort_keys=True) + "\n")
 

@@ -102,7 +102,7 @@ def test_mismatched_or_missing_index_is_a_clear_error(trained, tmp_path, capsys)
 # -- RetrievalClassifier -------------------------------------------------------------------
 
 
-def _tiny(mode: str, corpus_rows: list[dict], tmp_path: Path, k: int = 2):
+def _tiny(mode: str, corpus_rows: list[dict], tmp_path: Path, k: int = 2, tokens="pooled"):
     import torch
 
     from mmctx.data import Preprocess
@@ -118,6 +118,7 @@ def _tiny(mode: str, corpus_rows: list[dict], tmp_path: Path, k: int = 2):
         class_names=["a", "b"],
         k=k,
         mode=mode,
+        neighbour_tokens=tokens,
     )
     path = tmp_path / "corpus.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in corpus_rows))
@@ -148,9 +149,10 @@ def test_a_sample_never_retrieves_itself(tmp_path):
     assert logits.shape == (3, 2)
 
 
+@pytest.mark.parametrize("tokens", ["pooled", "sequence"])
 @pytest.mark.parametrize("mode", ["realm", "frozen"])
-def test_gradient_reaches_the_query_encoder_only_in_realm(mode, tmp_path):
-    model = _tiny(mode, CORPUS, tmp_path)
+def test_gradient_reaches_the_query_encoder_only_in_realm(mode, tokens, tmp_path):
+    model = _tiny(mode, CORPUS, tmp_path, tokens=tokens)
     batch = _batch(["red sky", "green apple"])
     seen = {}
     query_fn = model._query
@@ -249,3 +251,23 @@ def test_retrieval_model_fits_indexes_and_infers_with_its_neighbours(tmp_path, c
                for r in records)  # fmt: skip
     code, _, err = _infer(base, capsys)  # a retrieval model without an index says so
     assert code == 2 and "mmctx index build" in err
+
+
+def test_codeword_rounds_keep_the_queries_and_redraw_the_mapping(tmp_path):
+    from mmctx.datasets.codewords import CodeWordSpec, make_codeword_dataset
+
+    spec = CodeWordSpec(num_samples=60, num_codes=10, train_worlds=2, rounds=3)
+    folder = make_codeword_dataset(tmp_path / "cw", spec)["train"].parent
+    rounds = [
+        [json.loads(x) for x in (folder / name).read_text().splitlines()]
+        for name in ("train.jsonl", "train_r1.jsonl", "train_r2.jsonl")
+    ]
+    assert [r["text"] for r in rounds[0]] == [r["text"] for r in rounds[2]]
+    assert [r["label"] for r in rounds[0]] != [r["label"] for r in rounds[1]]
+    corpus_r1 = (folder / "corpus_train_r1.jsonl").read_text().splitlines()
+    means = {json.loads(x)["id"]: json.loads(x)["text"].split()[-1] for x in corpus_r1}
+    digits = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    for row in rounds[1]:  # the round's corpus says each query's round label
+        world, code = row["text"].split()[1], next(w for w in row["text"].split() if any(
+            key == f"{row['text'].split()[1]}-{w}" for key in means))  # fmt: skip
+        assert means[f"{world}-{code}"] == digits[row["label"]]
