@@ -55,6 +55,8 @@ Inference and generation:
                 mmctx export --ckpt BEST.ckpt --out exported/ --torchscript
   compress      prune / factorise / INT8 / ONNX, one folder each, and a report comparing them:
                 mmctx compress --ckpt BEST.ckpt --out small/ --val-manifest data/val.jsonl
+  index         retrieval index of a corpus (build/add/remove/search), for infer --index:
+                mmctx index build --ckpt BEST.ckpt --manifest corpus.jsonl --out index/
   generate      draw images with a trained GAN (configs/gan_*.yaml) from conditions:
                 mmctx generate --ckpt GAN.ckpt --text "a seven" --audio 7.wav --out gen/
   gan-eval      conditional accuracy and diversity of a GAN's images (no downloaded network):
@@ -223,6 +225,12 @@ def _infer(argv: Sequence[str]) -> int:
     return infer_main(list(argv))
 
 
+def _index(argv: Sequence[str]) -> int:
+    from mmctx.pipelines.retrieval import index_main
+
+    return index_main(list(argv))
+
+
 def _generate(argv: Sequence[str]) -> int:
     from mmctx.pipelines.generate import generate_main
 
@@ -243,6 +251,7 @@ OWN_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "infer": _infer,
     "export": _export,
     "compress": _compress,
+    "index": _index,
     "generate": _generate,
     "gan-eval": _gan_eval,
     "validate-data": _validate_data,

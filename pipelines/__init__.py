@@ -11,6 +11,7 @@ from .classifier import MultimodalClassifier
 from .distill import DistillationClassifier
 from .gan import Discriminator, Generator, MultimodalGAN
 from .inference import Predictor
+from .retrieval_classifier import RetrievalClassifier
 from .writers import JsonlPredictionWriter
 
 __all__ = [
@@ -24,5 +25,6 @@ __all__ = [
     "NonFiniteError",
     "NonFiniteGuard",
     "Predictor",
+    "RetrievalClassifier",
     "RunCheckpoint",
 ]

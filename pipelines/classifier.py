@@ -137,6 +137,10 @@ class MultimodalClassifier(L.LightningModule):
         """The backbone's output sequence ``(b, n, d)`` (for heads other than this one)."""
         return self.fused.sequence(inputs)
 
+    def _logits(self, batch: dict[str, Any]) -> Tensor:
+        """Logits of a collated batch (a subclass may use more of the batch than its inputs)."""
+        return self(batch["inputs"])
+
     def _loss(self, logits: Tensor, target: Tensor) -> Tensor:
         if self.multilabel:
             return F.binary_cross_entropy_with_logits(logits, target)
@@ -146,7 +150,7 @@ class MultimodalClassifier(L.LightningModule):
         self.skipped_samples += len(batch["errors"])
         if not batch["ids"]:
             return None  # every sample of this batch failed to decode (reported already)
-        logits = self(batch["inputs"])
+        logits = self._logits(batch)
         target = batch["label"]
         loss = self._loss(logits, target)
         metrics.update(logits, target.long() if self.multilabel else target)
@@ -175,7 +179,7 @@ class MultimodalClassifier(L.LightningModule):
         self.skipped_samples += len(batch["errors"])
         if not batch["ids"]:
             return []
-        logits = self(batch["inputs"])
+        logits = self._logits(batch)
         probs = logits.sigmoid() if self.multilabel else logits.softmax(-1)
         records = []
         for row, sample_id in enumerate(batch["ids"]):

@@ -28,7 +28,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -52,6 +52,7 @@ from mmctx.data.manifest import (
 from mmctx.data.modalities import resolve_modalities
 from mmctx.data.paths import UNCONFINED, confined_path
 from mmctx.errors import one_line, printable
+from mmctx.index import IndexMismatchError, VectorIndex, fingerprint
 from mmctx.io import Limits
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,26 @@ class Predictor:
         self.preprocess = preprocess_from(data)
         self._lock = threading.Lock()
         self._manifest_keys = [k for m in known_modalities(self.modalities) for k in m.keys]
+        self.index: VectorIndex | None = None
+        self.retrieve_k = 0
+        named = getattr(model, "retrieval_index", None)  # the index a model was trained with
+        if named:
+            self.use_index(named, int(getattr(model, "retrieval_k", 4)))
+
+    def use_index(self, folder: str | os.PathLike[str], k: int = 5) -> None:
+        """Retrieve the ``k`` nearest items of every sample from the index in ``folder``
+        (records list them as ``retrieved: [[id, score], ...]``); a model that reads
+        neighbours (``forward_retrieved``) also predicts from them.
+
+        Raises:
+            IndexMismatchError: The index is missing, or built by another model or width.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        index = VectorIndex.load(folder)
+        fused = self.model.fused
+        index.check_model(fingerprint(retriever_state(self.model)), fused.dim, folder)
+        self.index, self.retrieve_k = index, k
 
     def set_limits(self, **limits: Any) -> None:
         """Change decode limits (``max_image_pixels``, ``max_audio_seconds``, ...; see
@@ -279,6 +300,71 @@ class Predictor:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
 
+    def embed_rows(
+        self,
+        inputs: InputRows,
+        *,
+        batch_size: int = 16,
+        workers: int = 2,
+        root: str | os.PathLike[str] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Like :meth:`predict_rows`, but each ok record carries ``vector``: the fused
+        model's pooled vector ``(d,)`` (numpy, L2-normalised) instead of a prediction."""
+        root_path = Path(root) if root is not None else (inputs.root or inputs.base)
+        pool = ThreadPoolExecutor(workers) if workers else None
+        try:
+            pending = []
+            for chunk in _chunks(inputs.rows, batch_size):
+                pending.append(self._start(chunk, inputs.base, root_path, pool))
+                if len(pending) > 1:
+                    yield from self._finish(*pending.pop(0), 1, self._embed)
+            while pending:
+                yield from self._finish(*pending.pop(0), 1, self._embed)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+
+    def query_vectors(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """The fused model's pooled vectors ``(b, d)`` of collated ``inputs``, L2-normalised."""
+        inputs = move_data_to_device(inputs, self.device)
+        with self._lock, torch.inference_mode():
+            pooled = retriever_of(self.model)(inputs).pooled.float()
+        return torch.nn.functional.normalize(pooled, dim=-1).cpu()
+
+    def _neighbours(self, hits: list[list[Any]]) -> tuple[dict[str, Any], torch.Tensor]:
+        """Collated inputs of the retrieved items ``(b * k)``, sample-major, and their
+        scores ``(b, k)``; rows' paths start from the index's ``base`` folder."""
+        k = min(len(h) for h in hits)
+        if k == 0:
+            raise IndexMismatchError("the index holds no items to retrieve")
+        base = Path(self.index.base)
+        flat = [h for row in hits for h in row[:k]]
+        samples = [
+            parse_row(h.row, i + 1, base, modalities=self.modalities, check_labels=False)
+            for i, h in enumerate(flat)
+        ]
+        dataset = ManifestDataset(samples, None, self.modalities, self.preprocess)
+        items = [dataset[i] for i in range(len(dataset))]
+        bad = [str(it) for it in items if isinstance(it, SampleError)]
+        if bad:
+            raise IndexMismatchError(f"{base}: a retrieved item cannot be read: {bad[0]}")
+        batch = Collate(self.modalities, self.preprocess, None)(items)
+        scores = torch.tensor([[h.score for h in row[:k]] for row in hits])
+        return move_data_to_device(batch["inputs"], self.device), scores.to(self.device)
+
+    def _embed(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        vectors = self.query_vectors(batch["inputs"])
+        finite = torch.isfinite(vectors).all(dim=-1)
+        results = []
+        for row in range(len(vectors)):
+            used = [m for m, flags in batch["present"].items() if bool(flags[row])]
+            if not finite[row]:
+                error = "model output is not finite (NaN or infinite embedding)"
+                results.append({"status": "error", "error": error})
+            else:
+                results.append({"status": "ok", "vector": vectors[row].numpy(), "modalities": used})
+        return results
+
     def _start(
         self, chunk: list[Row], base: Path, root: Path, pool: ThreadPoolExecutor | None
     ) -> tuple[list[dict[str, Any]], list, list]:
@@ -312,8 +398,16 @@ class Predictor:
         return records, samples, [pool.submit(load, i) for i in range(len(dataset))]
 
     def _finish(
-        self, records: list[dict[str, Any]], samples: list, loaded: list, top_k: int
+        self,
+        records: list[dict[str, Any]],
+        samples: list,
+        loaded: list,
+        top_k: int,
+        run: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None,
     ) -> list[dict[str, Any]]:
+        """Records of a started batch; ``run`` turns the collated good samples into their
+        results (default: classify them)."""
+        run = run or (lambda batch: self._classify(batch, top_k))
         items = [it.result() if isinstance(it, Future) else it for it in loaded]
         good = []
         for (record, sample), item in zip(samples, items, strict=True):
@@ -325,7 +419,7 @@ class Predictor:
                 good.append((record, item))
         if good:
             batch = Collate(self.modalities, self.preprocess, None)([it for _, it in good])
-            for (record, _), result in zip(good, self._classify(batch, top_k), strict=True):
+            for (record, _), result in zip(good, run(batch), strict=True):
                 if result["status"] == "error":
                     result["error"] = f"{_where(record)}: {result['error']}"
                 record.update(result)
@@ -349,9 +443,16 @@ class Predictor:
     def _classify(self, batch: dict[str, Any], top_k: int) -> list[dict[str, Any]]:
         """Records' results for a collated batch; a row whose logits are not all finite
         gets ``status: "error"`` instead of NaN probabilities."""
+        hits = None
+        if self.index is not None:
+            hits = self.index.search(self.query_vectors(batch["inputs"]), self.retrieve_k)
         inputs = move_data_to_device(batch["inputs"], self.device)
         with self._lock, torch.inference_mode():
-            logits = self.model(inputs).float()
+            if hits is not None and hasattr(self.model, "read_neighbours"):
+                neighbours, scores = self._neighbours(hits)
+                logits = self.model.read_neighbours(inputs, neighbours, scores).float()
+            else:
+                logits = self.model(inputs).float()
         finite = torch.isfinite(logits).all(dim=-1).cpu()  # (b,)
         logits = torch.where(torch.isfinite(logits), logits, torch.zeros_like(logits))
         probs = (logits.sigmoid() if self.multilabel else logits.softmax(-1)).cpu()
@@ -375,7 +476,22 @@ class Predictor:
             ]
             used = [m for m, flags in batch["present"].items() if bool(flags[row])]
             results.append({"status": "ok", "label": label, "top_k": ranked, "modalities": used})
+            if hits is not None:
+                results[-1]["retrieved"] = [[h.id, round(h.score, 6)] for h in hits[row]]
         return results
+
+
+def retriever_state(model: torch.nn.Module) -> dict[str, Any]:
+    """The weights that embed queries and corpus items: a model's ``retriever`` (a
+    retrieval classifier's frozen copy) or else its fused model; an index records their
+    fingerprint."""
+    return retriever_of(model).state_dict()
+
+
+def retriever_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The fused model that embeds queries and corpus items for ``model``."""
+    retriever = getattr(model, "retriever", None)
+    return retriever if retriever is not None else model.fused
 
 
 def _where(record: dict[str, Any]) -> str:
@@ -384,7 +500,11 @@ def _where(record: dict[str, Any]) -> str:
 
 def _ordered(record: dict[str, Any]) -> dict[str, Any]:
     keys = ("line", "id", "status", "label", "top_k", "modalities", "error")
-    return {k: record.get(k) for k in keys}
+    out = {k: record.get(k) for k in keys}
+    for extra in ("retrieved", "vector"):  # with an index; when embedding
+        if extra in record:
+            out[extra] = record[extra]
+    return out
 
 
 def _printable(value: Any) -> Any:
@@ -457,7 +577,7 @@ Inputs (choose one):
   --text/--image/--audio/--video   one sample from the command line
 
 Each record: {"line", "id", "status": "ok"|"error", "label", "top_k": [[label, prob], ...],
-"modalities", "error"}, one strict JSON line (UTF-8; no NaN; file names that are not UTF-8
+"modalities", "error"}, and with --index "retrieved": [[id, score], ...], one strict JSON line (UTF-8; no NaN; file names that are not UTF-8
 are escaped as \\xNN). A bad sample gets status "error" and the reason (naming the file or
 line): files that do not decode, audio holding NaN/inf, text that is not valid Unicode, a
 model output that is not finite; the others go on.
@@ -494,6 +614,12 @@ def _infer_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=2, help="decoding threads (default: %(default)s)"
     )
     parser.add_argument("--root", help="refuse paths that resolve outside this folder")
+    parser.add_argument(
+        "--index",
+        help="retrieval index folder (`mmctx index build`): each record lists the items it "
+        "read as retrieved: [[id, score], ...] (default: the index a retrieval model names)",
+    )
+    parser.add_argument("--retrieve-k", type=int, default=4, help="neighbours (default: 4)")
     limits = parser.add_argument_group(
         "limits", "default: the values the model was trained with (saved in the checkpoint)"
     )
@@ -568,6 +694,13 @@ def infer_main(argv: list[str]) -> int:
     try:
         inputs = _infer_inputs(args, parser)
         predictor = _infer_predictor(args)
+        if args.index:
+            predictor.use_index(args.index, args.retrieve_k)
+        if hasattr(predictor.model, "read_neighbours") and predictor.index is None:
+            raise ValueError(
+                f"{args.ckpt or args.export}: this model reads retrieved items; give --index "
+                "INDEX (built from this checkpoint with `mmctx index build`)"
+            )
         out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
     except (OSError, CheckpointError, ValueError) as err:
         print(f"mmctx infer: error: {one_line(str(err))}", file=sys.stderr)

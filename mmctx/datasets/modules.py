@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from mmctx.data.datamodule import MultimodalDataModule
 
@@ -159,3 +160,76 @@ class LongContextDataModule(MultimodalDataModule):
         from mmctx.datasets.longctx import make_longctx_dataset
 
         make_longctx_dataset(self.folder, self.spec, progress=True)
+
+
+class CodeWordDataModule(MultimodalDataModule):
+    """Queries whose answer lives in a corpus (see :mod:`mmctx.datasets.codewords`).
+
+    Train and validation read ``corpus_train.jsonl``; test (and predict) read
+    ``corpus_test.jsonl``, which maps every code word to a NEW digit: only a model that
+    reads what it retrieves can be right there. ``corpus_manifest(stage)`` tells a
+    :class:`~mmctx.pipelines.RetrievalClassifier` which corpus to use.
+
+    Args:
+        num_samples: Queries in all splits together.
+        num_codes: Distinct code words (one corpus entry each).
+        filler_words: Filler words around the code word in each query.
+        train_worlds: Code-word mappings of the training corpus (each query names its world).
+        rounds: Training epoch ``e`` reads round ``e % rounds`` (its own labels and corpus);
+            with rounds > 1 set the trainer's ``reload_dataloaders_every_n_epochs: 1``.
+        seed: Seed of the generator.
+        cache_dir: Folder for the generated data (default: under ``default_cache_dir()``).
+        **kwargs: Any other :class:`MultimodalDataModule` argument.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 2000,
+        num_codes: int = 40,
+        filler_words: int = 6,
+        train_worlds: int = 10,
+        rounds: int = 1,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        **kwargs,
+    ) -> None:
+        from mmctx.datasets.codewords import CodeWordSpec
+
+        kwargs.setdefault("modalities", ["text"])
+        super().__init__(**kwargs)
+        _digits_by_default(self)
+        self.spec = CodeWordSpec(num_samples, num_codes, filler_words, train_worlds, rounds, seed)
+        name = (
+            f"codewords-n{num_samples}-c{num_codes}-f{filler_words}-w{train_worlds}"
+            f"-r{rounds}-s{seed}"
+        )
+        self.round = 0
+        self.folder = Path(cache_dir) if cache_dir else default_cache_dir() / name
+        self.use_generated(split_manifests(self.folder))
+
+    def corpus_manifest(self, stage: str) -> Path:
+        """The corpus of a stage: the test corpus for ``test`` and ``predict``, the current
+        round's for ``train``, round 0's for ``val``."""
+        if stage in ("test", "predict"):
+            return self.folder / "corpus_test.jsonl"
+        suffix = f"_r{self.round}" if stage == "train" and self.round else ""
+        return self.folder / f"corpus_train{suffix}.jsonl"
+
+    def train_dataloader(self) -> Any:
+        """The training queries of round ``epoch % rounds``."""
+        from mmctx.data.manifest import read_manifest
+
+        trainer = getattr(self, "trainer", None)
+        epoch = trainer.current_epoch if trainer is not None else 0
+        self.round = epoch % self.spec.rounds
+        if self.spec.rounds > 1:
+            name = f"train_r{self.round}.jsonl" if self.round else "train.jsonl"
+            samples, _ = read_manifest(self.folder / name, modalities=self.modality_handlers)
+            self._splits["train"] = samples
+        return super().train_dataloader()
+
+    def prepare_data(self) -> None:
+        """Write the dataset into ``folder`` unless it is there already (rank 0 only)."""
+        from mmctx.datasets.codewords import make_codeword_dataset
+
+        make_codeword_dataset(self.folder, self.spec)

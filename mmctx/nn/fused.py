@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from mmctx.errors import ConfigError
@@ -84,8 +85,36 @@ class FusedModel(nn.Module):
 
     def sequence(self, inputs: Mapping[str, Any]) -> FeatureSequence:
         """The backbone's output ``(b, n, d)`` for a collated batch's ``inputs``."""
+        return self.backbone(self.fuse(inputs))
+
+    def fuse(self, inputs: Mapping[str, Any]) -> FeatureSequence:
+        """Encoders and fusion only: the fused sequence ``(b, n, d)`` before the backbone."""
         features = {m: enc(inputs[m]) for m, enc in self.encoders.items()}
-        return self.backbone(self.fusion(features))
+        return self.fusion(features)
+
+    def read(self, fused: FeatureSequence, extra: FeatureSequence | None = None) -> FusedOutput:
+        """Backbone and pooling over a fused sequence with ``extra`` segments appended.
+
+        Args:
+            fused: From :meth:`fuse`, ``(b, n, d)``.
+            extra: Further tokens ``(b, m, d)`` already tagged by the caller (e.g. retrieved
+                items with a "retrieved" type embedding), read together with ``fused``.
+
+        Returns:
+            The backbone's output ``(b, n + m, d)`` and its pooled vector ``(b, d)``.
+        """
+        if extra is not None:
+            extra = extra.check("extra")
+            flags = fused.globals
+            if flags is not None:
+                flags = torch.cat([flags, torch.zeros_like(extra.mask)], dim=1)
+            fused = FeatureSequence(
+                torch.cat([fused.features, extra.features.to(fused.features.dtype)], dim=1),
+                torch.cat([fused.mask, extra.mask], dim=1),
+                flags,
+            )  # (b, n + m, d)
+        seq = self.backbone(fused)
+        return FusedOutput(seq, self.pool(seq))
 
     def forward(self, inputs: Mapping[str, Any]) -> FusedOutput:
         """The fused sequence and its pooled vector ``(b, d)``."""

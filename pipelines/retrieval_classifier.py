@@ -1,0 +1,275 @@
+"""RetrievalClassifier: a classifier that reads the nearest corpus items with each sample.
+
+For each sample, the ``k`` nearest items of a corpus (any manifest; never the sample itself:
+its id is excluded) are encoded by the same fused model, tagged with a learned "retrieved"
+type embedding plus their retrieval score, and appended to the sample's fused sequence; the
+backbone reads query and neighbours together.
+
+- ``mode="frozen"``: the retriever is a frozen copy of the fused model as it was built (or
+  loaded); queries and corpus are embedded by it once per stage. One backbone pass reads
+  the sample with all ``k`` neighbours.
+- ``mode="realm"``: the retriever is the fused model being trained. The prediction
+  marginalises over the neighbours, ``p(y|x) = sum_z softmax(s(x, z) / T)_z p(y|x, z)``
+  (one backbone pass per neighbour), so gradients reach the query encoder through the
+  retrieval scores. The corpus embeddings go stale as the encoder learns; they are
+  recomputed every ``refresh_every_n_steps`` optimizer steps (cost: one forward pass over the
+  whole corpus, no gradient, each refresh).
+
+In training, neighbours are found by exact inner product over the corpus embeddings held in
+memory (the corpus is decoded once per stage and kept). At inference, ``mmctx infer
+--index`` uses a faiss index built by ``mmctx index build`` from the same checkpoint.
+
+Which corpus: the data module's ``corpus_manifest(stage)`` when it has one (the code-word
+demo switches to a new corpus for testing), else ``corpus``.
+
+Shape legend: b = batch, k = neighbours, c = corpus items, d = model width.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmctx.data import Collate, ManifestDataset, SampleError
+from mmctx.data.manifest import iter_rows, parse_row
+from mmctx.encoders import ModalityEncoder
+from mmctx.features import FeatureSequence
+from mmctx.nn.backbones import FusionBackbone
+
+from .classifier import MultimodalClassifier
+
+log = logging.getLogger(__name__)
+MODES = ("frozen", "realm")
+
+
+class RetrievalClassifier(MultimodalClassifier):
+    """A :class:`MultimodalClassifier` whose backbone also reads retrieved corpus items.
+
+    Args:
+        encoders: As for :class:`MultimodalClassifier`.
+        backbone: As for :class:`MultimodalClassifier`.
+        class_names: As for :class:`MultimodalClassifier`.
+        corpus: Manifest of the corpus (used when the data module names none).
+        k: Neighbours per sample.
+        mode: ``"frozen"`` (fixed retriever) or ``"realm"`` (trained retriever, marginal
+            likelihood over neighbours).
+        refresh_every_n_steps: REALM: re-embed the corpus with the current encoder every N
+            optimizer steps (0: only at the start of each stage).
+        temperature: REALM: retrieval scores (cosines) are divided by it in the softmax.
+        retrieval_index: Index folder ``mmctx infer`` uses by default (``mmctx index build``).
+        neighbour_tokens: What of a neighbour the backbone reads: ``"pooled"`` (its pooled
+            vector, one token) or ``"sequence"`` (its whole fused sequence, before the
+            backbone).
+        **kwargs: Any other :class:`MultimodalClassifier` argument.
+    """
+
+    def __init__(
+        self,
+        encoders: dict[str, ModalityEncoder],
+        backbone: FusionBackbone,
+        class_names: list[str],
+        corpus: str | None = None,
+        k: int = 4,
+        mode: str = "frozen",
+        refresh_every_n_steps: int = 100,
+        temperature: float = 0.1,
+        retrieval_index: str | None = None,
+        neighbour_tokens: str = "pooled",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(encoders, backbone, class_names, **kwargs)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if k < 1 or refresh_every_n_steps < 0 or temperature <= 0:
+            raise ValueError(
+                f"need k >= 1, refresh_every_n_steps >= 0, temperature > 0; got {k}, "
+                f"{refresh_every_n_steps}, {temperature}"
+            )
+        self.corpus, self.mode, self.retrieval_k = corpus, mode, k
+        self.refresh_every_n_steps, self.temperature = refresh_every_n_steps, temperature
+        self.retrieval_index = retrieval_index
+        if neighbour_tokens not in ("pooled", "sequence"):
+            raise ValueError(
+                f"neighbour_tokens must be 'pooled' or 'sequence', got {neighbour_tokens!r}"
+            )
+        self.neighbour_tokens = neighbour_tokens
+        self.retriever = copy.deepcopy(self.fused) if mode == "frozen" else None
+        if self.retriever is not None:
+            self.retriever.requires_grad_(False)
+        dim = backbone.dim
+        self.retrieved_type = nn.Parameter(torch.randn(dim) * 0.02)
+        self.score_embed = nn.Parameter(torch.randn(dim) * 0.02)
+        self._corpus: dict[str, Any] | None = None  # ids, items, vectors (c, d); per stage
+
+    # -- the corpus ------------------------------------------------------------------------
+
+    def _data_side(self) -> tuple[Any, Any]:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None:
+            raise ValueError("RetrievalClassifier needs a data module (for decoding the corpus)")
+        return dm, dm.preprocess
+
+    def load_corpus(self, manifest: str | Path, modalities: Any, preprocess: Any) -> None:
+        """Decode every row of ``manifest`` (kept in memory) and embed it; bad rows are
+        logged with their line and cause and left out."""
+        path = Path(manifest)
+        items, ids = [], []
+        samples = []
+        for line, row in iter_rows(path):
+            try:
+                if isinstance(row, Exception):
+                    raise row
+                samples.append(
+                    parse_row(row, line, path.parent, modalities=modalities, check_labels=False)
+                )
+            except Exception as err:  # noqa: BLE001 - one bad row never ends the run
+                log.warning("corpus %s line %d skipped: %s", path, line, err)
+        dataset = ManifestDataset(samples, None, modalities, preprocess)
+        for i in range(len(dataset)):
+            item = dataset[i]
+            if isinstance(item, SampleError) or not item["inputs"]:
+                log.warning("corpus %s: skipped %s", path, item)
+                continue
+            items.append(item)
+            ids.append(item["id"])
+        if not items:
+            raise ValueError(f"{path}: the corpus has no usable item")
+        self._corpus = {
+            "ids": ids,
+            "items": items,
+            "collate": Collate(modalities, preprocess, None),
+            "source": str(path),
+        }
+        self.refresh_corpus()
+
+    def _collated(self, rows: list[int]) -> dict[str, Any]:
+        corpus = self._corpus
+        batch = corpus["collate"]([corpus["items"][i] for i in rows])
+        from lightning.fabric.utilities import move_data_to_device
+
+        return move_data_to_device(batch["inputs"], self.device)
+
+    @torch.no_grad()
+    def refresh_corpus(self, batch_size: int = 64) -> None:
+        """Embed the whole corpus with the current retriever (no gradient, eval mode)."""
+        retriever = self.retriever if self.retriever is not None else self.fused
+        was = retriever.training
+        retriever.eval()
+        chunks = []
+        n = len(self._corpus["items"])
+        for lo in range(0, n, batch_size):
+            pooled = retriever(self._collated(list(range(lo, min(n, lo + batch_size))))).pooled
+            chunks.append(F.normalize(pooled.float(), dim=-1))
+        retriever.train(was)
+        self._corpus["vectors"] = torch.cat(chunks)  # (c, d)
+
+    def _use_corpus(self, stage: str) -> None:
+        """Load the corpus of ``stage`` (``train``, ``val``, ``test``, ``predict``) unless it
+        is loaded already: the data module's ``corpus_manifest(stage)``, else ``corpus``."""
+        dm, pre = self._data_side()
+        manifest = dm.corpus_manifest(stage) if hasattr(dm, "corpus_manifest") else self.corpus
+        if manifest is None:
+            raise ValueError("RetrievalClassifier: no corpus (set model corpus: PATH)")
+        if self._corpus is None or self._corpus["source"] != str(manifest):
+            self.load_corpus(manifest, dm.modality_handlers, pre)
+
+    def on_train_epoch_start(self) -> None:
+        self._use_corpus("train")
+
+    def on_validation_start(self) -> None:
+        self._use_corpus("val")
+
+    def on_validation_end(self) -> None:
+        if self.trainer.training:  # back to the training corpus for the rest of the epoch
+            self._use_corpus("train")
+
+    def on_test_start(self) -> None:
+        self._use_corpus("test")
+
+    def on_predict_start(self) -> None:
+        self._use_corpus("predict")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        n = self.refresh_every_n_steps
+        if self.mode == "realm" and n and self.global_step and self.global_step % n == 0:
+            self.refresh_corpus()
+
+    # -- retrieval and reading -------------------------------------------------------------
+
+    def _query(self, inputs: dict[str, Any]) -> Tensor:
+        """Normalised query vectors ``(b, d)``; with gradient in REALM mode."""
+        if self.retriever is None:
+            return F.normalize(self.fused(inputs).pooled.float(), dim=-1)
+        with torch.no_grad():
+            return F.normalize(self.retriever(inputs).pooled.float(), dim=-1)
+
+    def retrieve(self, query: Tensor, exclude: list[str] | None = None) -> tuple[Tensor, Tensor]:
+        """Indices ``(b, k)`` of the nearest corpus items and their scores ``(b, k)``;
+        ``exclude[i]``, sample i's own id, is never among its neighbours."""
+        corpus = self._corpus
+        scores = query @ corpus["vectors"].to(query.device).T  # (b, c)
+        if exclude is not None:
+            where = {key: i for i, key in enumerate(corpus["ids"])}
+            for row, key in enumerate(exclude):
+                if key in where:
+                    scores[row, where[key]] = float("-inf")
+        k = min(self.retrieval_k, len(corpus["ids"]) - (1 if exclude else 0))
+        top, idx = scores.topk(k, dim=-1)  # (b, k)
+        return idx, top
+
+    def read_neighbours(
+        self, inputs: dict[str, Any], neighbours: dict[str, Any], scores: Tensor
+    ) -> Tensor:
+        """Logits ``(b, classes)`` (REALM: marginal log-probabilities) of the samples read
+        with their neighbours.
+
+        Args:
+            inputs: The samples' collated inputs.
+            neighbours: Collated inputs of the ``b * k`` neighbours, sample-major.
+            scores: Retrieval scores ``(b, k)`` (REALM: with gradient to the query encoder).
+        """
+        b, k = scores.shape
+        if self.neighbour_tokens == "sequence":  # every fused position of each neighbour
+            seq = self.fused.fuse(neighbours)  # (b*k, m, d)
+            feats, mask = seq.features, seq.mask
+        else:  # one token per neighbour: its pooled vector
+            feats = self.fused(neighbours).pooled[:, None]  # (b*k, 1, d)
+            mask = torch.ones(b * k, 1, dtype=torch.bool, device=feats.device)
+        tag = self.retrieved_type + scores.detach().reshape(b * k, 1, 1) * self.score_embed
+        feats = feats + tag  # (b*k, m, d)
+        m = feats.shape[1]
+        fused = self.fused.fuse(inputs)
+        if self.mode == "frozen":  # one read of the sample with all k neighbours
+            extra = FeatureSequence(feats.reshape(b, k * m, -1), mask.reshape(b, k * m))
+            return self.head(self.fused.read(fused, extra).pooled)
+        # REALM: one read per neighbour, the batch repeated k times (sample-major).
+        rep = FeatureSequence(
+            *(t.repeat_interleave(k, 0) if t is not None else None for t in fused)
+        )  # (b*k, n, d)
+        read = self.fused.read(rep, FeatureSequence(feats, mask))
+        log_py = self.head(read.pooled).log_softmax(-1)  # (b*k, classes)
+        log_pz = (scores / self.temperature).log_softmax(-1)  # (b, k)
+        return torch.logsumexp(log_pz[..., None] + log_py.view(b, k, -1), dim=1)  # (b, classes)
+
+    def forward(self, inputs: dict[str, Any], exclude: list[str] | None = None) -> Tensor:
+        """Logits ``(b, classes)`` of the samples read with their ``k`` nearest corpus items."""
+        self._ensure_corpus_loaded()
+        idx, scores = self.retrieve(self._query(inputs), exclude)
+        neighbours = self._collated(idx.flatten().tolist())
+        return self.read_neighbours(inputs, neighbours, scores)
+
+    def _ensure_corpus_loaded(self) -> None:
+        if self._corpus is None:
+            raise ValueError(
+                "RetrievalClassifier has no corpus loaded: run it under a Trainer with a data "
+                "module, or use mmctx infer --index (built by mmctx index build)"
+            )
+
+    def _logits(self, batch: dict[str, Any]) -> Tensor:
+        return self(batch["inputs"], exclude=list(batch["ids"]))

@@ -1,0 +1,273 @@
+"""``mmctx index`` and ``mmctx infer --index`` with the tiny trained demo classifier."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmctx.cli import main
+from mmctx.index import VectorIndex
+from mmctx.pipelines.retrieval import build_index, search_index
+
+
+def _corpus(trained, tmp_path: Path, n: int = 6) -> Path:
+    """The first ``n`` demo test rows plus one row whose image is missing, as a manifest
+    beside the demo data (its paths stay inside the manifest's folder)."""
+    data = trained["data"]
+    rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()][:n]
+    rows.append({"id": "broken", "image": "images/no_such.png"})
+    path = data / f"corpus-{tmp_path.name}-{n}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_build_search_add_remove(trained, tmp_path, capsys):
+    corpus = _corpus(trained, tmp_path)
+    out = tmp_path / "idx"
+    code = main(["index", "build", "--ckpt", str(trained["ckpt"]), "--manifest", str(corpus),
+                 "--out", str(out), "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "no_such.png" in err and "1 rows skipped" in err  # the bad row only
+    index = VectorIndex.load(out)
+    assert len(index) == 6 and index.kind == "flat" and "broken" not in index
+    first = json.loads(corpus.read_text().splitlines()[0])
+
+    # A corpus item's own content finds itself first, at cosine ~1.
+    query = {k: v for k, v in first.items() if k in ("text", "image", "audio")}
+    query.update({k: str(corpus.parent / query[k]) for k in ("image", "audio") if k in query})
+    hits = search_index(out, trained["ckpt"], query, k=3, device="cpu")
+    assert hits[0].id == first["id"] and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert len(hits) == 3 and hits[0].score >= hits[1].score >= hits[2].score
+
+    assert main(["index", "remove", str(out), first["id"]]) == 0
+    hits = search_index(out, trained["ckpt"], query, k=3, device="cpu")
+    assert first["id"] not in [h.id for h in hits]
+    assert main(["index", "remove", str(out), "nope"]) == 2
+    assert "not in the index" in capsys.readouterr().err
+
+    again = corpus.parent / f"again-{tmp_path.name}.jsonl"
+    again.write_text(json.dumps(first) + "\n")
+    assert main(["index", "add", str(out), "--ckpt", str(trained["ckpt"]), "--manifest",
+                 str(again), "--no-progress"]) == 0  # fmt: skip
+    assert search_index(out, trained["ckpt"], query, k=1, device="cpu")[0].id == first["id"]
+    assert main(["index", "search", str(out), "--ckpt", str(trained["ckpt"]), "-k", "2",
+                 "--text", first.get("text", "seven")]) == 0  # fmt: skip
+    assert len(capsys.readouterr().out.strip().splitlines()) >= 2
+
+
+def _infer(argv, capsys) -> tuple[int, list[dict], str]:
+    code = main(["infer", "--no-progress", *argv])
+    captured = capsys.readouterr()
+    return code, [json.loads(x) for x in captured.out.splitlines()], captured.err
+
+
+def test_infer_with_and_without_index(trained, tmp_path, capsys):
+    corpus = _corpus(trained, tmp_path)
+    build_index(trained["ckpt"], corpus, tmp_path / "idx", device="cpu")
+    manifest = str(trained["data"] / "val.jsonl")
+    ckpt = ["--ckpt", str(trained["ckpt"]), "--manifest", manifest, "--device", "cpu"]
+    code, plain, _ = _infer(ckpt, capsys)
+    assert code == 0 and plain and all("retrieved" not in r for r in plain)
+    code, records, _ = _infer([*ckpt, "--index", str(tmp_path / "idx"), "--retrieve-k", "2"],
+                              capsys)  # fmt: skip
+    assert code == 0 and len(records) == len(plain)
+    corpus_ids = set(VectorIndex.load(tmp_path / "idx").ids())
+    for record in records:
+        assert len(record["retrieved"]) == 2 and {i for i, _ in record["retrieved"]} <= corpus_ids
+        assert record["retrieved"][0][1] >= record["retrieved"][1][1]
+
+
+def test_mismatched_or_missing_index_is_a_clear_error(trained, tmp_path, capsys):
+    base = ["--ckpt", str(trained["ckpt"]), "--text", "seven", "--device", "cpu"]
+    code, _, err = _infer([*base, "--index", str(tmp_path / "none")], capsys)
+    assert code == 2 and f"{tmp_path / 'none' / 'meta.json'}: missing" in err
+
+    other = VectorIndex(dim=16, kind="flat")
+    other.add(np.eye(2, 16), ["a", "b"])
+    other.save(tmp_path / "wide")
+    code, _, err = _infer([*base, "--index", str(tmp_path / "wide")], capsys)
+    assert code == 2 and f"{tmp_path / 'wide'}: the index holds 16-d vectors" in err
+
+    build_index(trained["ckpt"], _corpus(trained, tmp_path, 2), tmp_path / "idx", device="cpu")
+    meta = json.loads((tmp_path / "idx" / "meta.json").read_text())
+    meta["model"]["fingerprint"] = "0123456789abcdef"  # as if another model had built it
+    (tmp_path / "idx" / "meta.json").write_text(json.dumps(meta))
+    code, _, err = _infer([*base, "--index", str(tmp_path / "idx")], capsys)
+    assert code == 2 and "idx: the index was built by another model" in err
+
+
+# -- RetrievalClassifier -------------------------------------------------------------------
+
+
+def _tiny(mode: str, corpus_rows: list[dict], tmp_path: Path, k: int = 2, tokens="pooled"):
+    import torch
+
+    from mmctx.data import Preprocess
+    from mmctx.data.modalities import resolve_modalities
+    from mmctx.encoders import TextTransformerEncoder
+    from mmctx.nn.backbones import TransformerBackbone
+    from mmctx.pipelines import RetrievalClassifier
+
+    torch.manual_seed(0)
+    model = RetrievalClassifier(
+        {"text": TextTransformerEncoder(dim=16, depth=1, heads=2, max_tokens=16, dropout=0.0)},
+        TransformerBackbone(dim=16, depth=1, heads=2),
+        class_names=["a", "b"],
+        k=k,
+        mode=mode,
+        neighbour_tokens=tokens,
+    )
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in corpus_rows))
+    model.load_corpus(path, resolve_modalities(["text"]), Preprocess())
+    return model
+
+
+def _batch(texts: list[str]) -> dict:
+    from mmctx.data import Collate, Preprocess
+
+    loaded = [{"id": f"s{i}", "line": i, "inputs": {"text": t}} for i, t in enumerate(texts)]
+    return Collate(["text"], Preprocess(), None)(loaded)
+
+
+CORPUS = [{"id": f"s{i}", "text": t} for i, t in enumerate(["red apple", "blue sky", "green leaf"])]
+
+
+def test_a_sample_never_retrieves_itself(tmp_path):
+    model = _tiny("frozen", CORPUS, tmp_path, k=2).eval()
+    batch = _batch([r["text"] for r in CORPUS])  # the corpus items themselves, same ids
+    query = model._query(batch["inputs"])
+    idx, scores = model.retrieve(query)  # without exclusion each finds itself first
+    assert idx[:, 0].tolist() == [0, 1, 2] and scores[:, 0].tolist() == pytest.approx([1] * 3)
+    idx, _ = model.retrieve(query, exclude=batch["ids"])
+    for row, own in enumerate(range(3)):
+        assert own not in idx[row].tolist() and len(idx[row]) == 2
+    logits = model._logits({**batch, "label": None})  # the training path excludes by id
+    assert logits.shape == (3, 2)
+
+
+@pytest.mark.parametrize("tokens", ["pooled", "sequence"])
+@pytest.mark.parametrize("mode", ["realm", "frozen"])
+def test_gradient_reaches_the_query_encoder_only_in_realm(mode, tokens, tmp_path):
+    model = _tiny(mode, CORPUS, tmp_path, tokens=tokens)
+    batch = _batch(["red sky", "green apple"])
+    seen = {}
+    query_fn = model._query
+
+    def spy(inputs):
+        q = query_fn(inputs)
+        if q.requires_grad:
+            q.retain_grad()
+        seen["q"] = q
+        return q
+
+    model._query = spy
+    model(batch["inputs"]).logsumexp(-1).sum().backward()
+    q = seen["q"]
+    if mode == "realm":
+        assert q.grad is not None and q.grad.abs().sum() > 0  # through the retrieval scores
+    else:
+        assert not q.requires_grad
+        assert all(p.grad is None for p in model.retriever.parameters())
+
+
+def test_refresh_re_embeds_the_corpus_with_the_current_encoder(tmp_path):
+    import torch
+
+    model = _tiny("realm", CORPUS, tmp_path)
+    before = model._corpus["vectors"].clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    model(_batch(["red sky"])["inputs"]).logsumexp(-1).sum().backward()
+    optimizer.step()
+    assert torch.equal(model._corpus["vectors"], before)  # stale until refreshed
+    model.refresh_corpus()
+    assert not torch.allclose(model._corpus["vectors"], before)
+
+
+def test_retrieval_classifier_settings_are_checked():
+    from mmctx.encoders import TextTransformerEncoder
+    from mmctx.nn.backbones import TransformerBackbone
+    from mmctx.pipelines import RetrievalClassifier
+
+    enc = {"text": TextTransformerEncoder(dim=16, depth=1, heads=2)}
+    with pytest.raises(ValueError, match="mode must be one of"):
+        RetrievalClassifier(enc, TransformerBackbone(dim=16, depth=1, heads=2), ["a", "b"],
+                            mode="dense")  # fmt: skip
+
+
+def test_codeword_data_moves_every_code_to_a_new_class(tmp_path):
+    from mmctx.datasets.codewords import CodeWordSpec, make_codeword_dataset
+
+    paths = make_codeword_dataset(tmp_path / "cw", CodeWordSpec(num_samples=40, num_codes=10))
+    folder = paths["train"].parent
+    train = [json.loads(x) for x in (folder / "corpus_train.jsonl").read_text().splitlines()]
+    test = [json.loads(x) for x in (folder / "corpus_test.jsonl").read_text().splitlines()]
+    assert len(train) == 10 * 10 and len(test) == 10
+    test_world = test[0]["text"].split()[1]
+    assert all(test_world not in e["text"] for e in train)  # a world never seen in training
+    for row in (json.loads(x) for x in paths["test"].read_text().splitlines()):
+        code = next(e for e in test if e["text"].split()[2] in row["text"].split())
+        assert code["text"].endswith(
+            ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"][
+                row["label"]
+            ]
+        )
+
+
+@pytest.mark.slow
+def test_retrieval_model_fits_indexes_and_infers_with_its_neighbours(tmp_path, capsys):
+    """The whole loop through the CLI: fit a tiny RetrievalClassifier on the code-word data,
+    build an index of the test corpus with it, infer with and without that index."""
+    import sys
+
+    config = str(Path(__file__).resolve().parents[2] / "configs" / "retrieval_demo.yaml")
+    argv, sys.argv = sys.argv, ["mmctx"]
+    try:
+        code = main([
+            "fit", "--config", config, "--data.num_samples", "60",
+            "--data.init_args.num_codes", "10", "--data.init_args.train_worlds", "2",
+            "--data.cache_dir", str(tmp_path / "data"), "--trainer.max_epochs", "1",
+            "--trainer.enable_progress_bar", "false",
+            "--trainer.default_root_dir", str(tmp_path / "runs"),
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        ])  # fmt: skip
+    finally:
+        sys.argv = argv
+    assert code == 0
+    ckpt = str(tmp_path / "runs" / "checkpoints" / "last.ckpt")
+    data = tmp_path / "data"
+    assert main(["index", "build", "--ckpt", ckpt, "--manifest", str(data / "corpus_test.jsonl"),
+                 "--out", str(tmp_path / "idx"), "--no-progress"]) == 0  # fmt: skip
+    capsys.readouterr()
+    base = ["--ckpt", ckpt, "--manifest", str(data / "test.jsonl"), "--device", "cpu"]
+    code, records, _ = _infer([*base, "--index", str(tmp_path / "idx"), "--retrieve-k", "4"],
+                              capsys)  # fmt: skip
+    assert code == 0 and records
+    corpus_ids = set(VectorIndex.load(tmp_path / "idx").ids())
+    assert all(len(r["retrieved"]) == 4 and {i for i, _ in r["retrieved"]} <= corpus_ids
+               for r in records)  # fmt: skip
+    code, _, err = _infer(base, capsys)  # a retrieval model without an index says so
+    assert code == 2 and "mmctx index build" in err
+
+
+def test_codeword_rounds_keep_the_queries_and_redraw_the_mapping(tmp_path):
+    from mmctx.datasets.codewords import CodeWordSpec, make_codeword_dataset
+
+    spec = CodeWordSpec(num_samples=60, num_codes=10, train_worlds=2, rounds=3)
+    folder = make_codeword_dataset(tmp_path / "cw", spec)["train"].parent
+    rounds = [
+        [json.loads(x) for x in (folder / name).read_text().splitlines()]
+        for name in ("train.jsonl", "train_r1.jsonl", "train_r2.jsonl")
+    ]
+    assert [r["text"] for r in rounds[0]] == [r["text"] for r in rounds[2]]
+    assert [r["label"] for r in rounds[0]] != [r["label"] for r in rounds[1]]
+    corpus_r1 = (folder / "corpus_train_r1.jsonl").read_text().splitlines()
+    means = {json.loads(x)["id"]: json.loads(x)["text"].split()[-1] for x in corpus_r1}
+    digits = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    for row in rounds[1]:  # the round's corpus says each query's round label
+        world, code = row["text"].split()[1], next(w for w in row["text"].split() if any(
+            key == f"{row['text'].split()[1]}-{w}" for key in means))  # fmt: skip
+        assert means[f"{world}-{code}"] == digits[row["label"]]

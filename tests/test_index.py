@@ -1,0 +1,98 @@
+"""VectorIndex: build, search, add, remove, save/load and the mismatch errors, on vectors
+whose nearest neighbours are known by construction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmctx.index import IndexMismatchError, VectorIndex, fingerprint, normalise
+
+
+def _axes(n: int = 6, d: int = 8) -> np.ndarray:
+    """Item i points along axis i (unit vectors): the nearest item to e_i is item i."""
+    return np.eye(n, d, dtype=np.float32)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_search_add_remove_round_trip(kind, tmp_path):
+    index = VectorIndex(dim=8, kind=kind)
+    ids = [f"item{i}" for i in range(6)]
+    index.add(_axes() * 3.0, ids, [{"id": k, "text": k} for k in ids])  # scaled: normalised
+    query = np.zeros((1, 8), dtype=np.float32)
+    query[0, 2], query[0, 4] = 1.0, 0.5  # nearest item2 (cos 0.894), then item4 (0.447)
+    hits = index.search(query, k=3)[0]
+    assert [h.id for h in hits[:2]] == ["item2", "item4"]
+    assert hits[0].score == pytest.approx(1 / np.sqrt(1.25), abs=1e-5)
+    assert hits[0].row == {"id": "item2", "text": "item2"}
+
+    index.add(np.eye(1, 8, 6, dtype=np.float32), ["new"], [{"id": "new"}])
+    assert index.search(np.eye(1, 8, 6), k=1)[0][0].id == "new"
+
+    assert index.remove(["item2"]) == 1
+    hits = index.search(query, k=2)[0]
+    assert hits[0].id == "item4" and "item2" not in [h.id for h in hits]
+
+    index.save(tmp_path / "idx")
+    again = VectorIndex.load(tmp_path / "idx")
+    assert again.kind == kind and len(again) == 6
+    assert [h.id for h in again.search(query, k=2)[0]] == [h.id for h in hits]
+    again.add(np.eye(1, 8, 7), ["later"])  # numbering goes on after a reload
+    assert again.search(np.eye(1, 8, 7), k=1)[0][0].id == "later"
+
+
+def test_exclude_never_returns_the_excluded_id():
+    index = VectorIndex(dim=8, kind="flat")
+    index.add(_axes(), [f"item{i}" for i in range(6)])
+    hits = index.search(_axes()[:2], k=2, exclude=[{"item0"}, set()])
+    assert "item0" not in [h.id for h in hits[0]] and len(hits[0]) == 2
+    assert hits[1][0].id == "item1"
+
+
+def test_auto_kind_by_size(monkeypatch):
+    import mmctx.index
+
+    monkeypatch.setattr(mmctx.index, "FLAT_MAX", 4)
+    small, large = VectorIndex(dim=8), VectorIndex(dim=8)
+    small.add(_axes(3), ["a", "b", "c"])
+    large.add(_axes(6), list("abcdef"))
+    assert (small.kind, large.kind) == ("flat", "hnsw")
+
+
+def test_refused_inputs():
+    index = VectorIndex(dim=8, kind="flat")
+    index.add(_axes(2), ["a", "b"])
+    with pytest.raises(ValueError, match="already in the index"):
+        index.add(_axes(1), ["a"])
+    with pytest.raises(ValueError, match="width 4, the index holds dim=8"):
+        index.add(np.ones((1, 4)), ["c"])
+    with pytest.raises(KeyError, match="not in the index"):
+        index.remove(["zzz"])
+    with pytest.raises(ValueError, match="kind must be one of"):
+        VectorIndex(dim=8, kind="ivf")
+
+
+def test_load_and_model_check_errors_name_the_file(tmp_path):
+    with pytest.raises(IndexMismatchError, match=r"nothere.meta\.json: missing"):
+        VectorIndex.load(tmp_path / "nothere")
+    index = VectorIndex(dim=8, kind="flat", model={"fingerprint": "abc", "ckpt": "m.ckpt"})
+    index.add(_axes(2), ["a", "b"])
+    folder = index.save(tmp_path / "idx")
+    loaded = VectorIndex.load(folder)
+    loaded.check_model("abc", 8, folder)  # the same model: fine
+    with pytest.raises(IndexMismatchError, match=r"idx: the index holds 8-d vectors.*16-d"):
+        loaded.check_model("abc", 16, folder)
+    with pytest.raises(IndexMismatchError, match=r"idx: the index was built by another model"):
+        loaded.check_model("def", 8, folder)
+    (folder / "meta.json").write_text("{not json")
+    with pytest.raises(IndexMismatchError, match="not a readable mmctx index"):
+        VectorIndex.load(folder)
+
+
+def test_fingerprint_follows_the_weights():
+    import torch
+
+    a = {"w": torch.ones(2, 2)}
+    assert fingerprint(a) == fingerprint({"w": torch.ones(2, 2)})
+    assert fingerprint(a) != fingerprint({"w": torch.ones(2, 2) * 2})
+    assert np.allclose(np.linalg.norm(normalise(np.ones((3, 5))), axis=1), 1.0)
