@@ -25,6 +25,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,68 @@ def _onnx_parameters(path: Path) -> int:
     return sum(numpy_helper.to_array(t).size for t in graph.initializer)
 
 
+@dataclass
+class _Source:
+    """The trained model and what every compressed variant is written with."""
+
+    model: nn.Module
+    config: dict[str, Any]  # the model's recorded config
+    data: dict[str, Any]  # the data settings
+    pre: Preprocess
+    modalities: tuple[str, ...]
+    called: set[str]  # modules called as layers (others are read by weight and stay)
+
+
+def _prune(src: _Source, folder: Path, amount: float, finetune: Any) -> dict[str, Any]:
+    pruned = copy.deepcopy(src.model)
+    if finetune is None:
+        notes: dict[str, Any] = {"sparsity": prune_global_magnitude(pruned, amount)}
+    else:
+        from mmctx.nn.compress import make_pruning_permanent, sparsity
+
+        prune_global_magnitude(pruned, amount, permanent=False)
+        finetune(pruned)
+        make_pruning_permanent(pruned)
+        notes = {"sparsity": sparsity(pruned), "finetuned": True}
+    write_export(pruned, src.config, src.data, folder, compression_record(**notes))
+    return notes
+
+
+def _lowrank(src: _Source, folder: Path, rank: int | None, energy: float | None) -> dict:
+    small = copy.deepcopy(src.model)
+    ranks = factorise_linears(small, rank=rank, energy=None if rank else energy, only=src.called)
+    write_export(small, src.config, src.data, folder, compression_record(ranks))
+    return {"factorised_layers": len(ranks), "rank": rank, "energy": energy}
+
+
+def _int8(src: _Source, folder: Path) -> dict[str, Any]:
+    names = quantisable(src.model, src.called)
+    quantised = quantise_dynamic(src.model, names)
+    write_export(quantised, src.config, src.data, folder, compression_record(quantised=names))
+    return {"quantised_layers": len(names)}
+
+
+def _onnx(src: _Source, folder: Path) -> dict[str, Any]:
+    names = export_onnx(src.model, src.modalities, src.pre, folder / ONNX_FILE)
+    write_onnx_config(folder, src.config, src.data, names)
+    return {}
+
+
+def _onnx_int8(src: _Source, folder: Path, fp32_folder: Path) -> dict[str, Any]:
+    """Quantise the fp32 ONNX graph of ``fp32_folder`` (exported here first if missing)."""
+    graph = fp32_folder / ONNX_FILE
+    if graph.is_file():
+        names = json.loads((fp32_folder / EXPORT_CONFIG).read_text())["onnx_inputs"]
+    else:
+        graph = folder / "fp32.onnx"
+        names = export_onnx(src.model, src.modalities, src.pre, graph)
+    diff = quantise_onnx(graph, folder / ONNX_FILE, src.model, src.modalities, src.pre)
+    (folder / "fp32.onnx").unlink(missing_ok=True)
+    quantised = "onnxruntime-dynamic-int8"
+    write_onnx_config(folder, src.config, src.data, names, quantised=quantised)
+    return {"max_prob_diff_on_checks": diff}
+
+
 def build_variants(
     ckpt: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -102,64 +165,32 @@ def build_variants(
         raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
     out = Path(out)
     paths = export_model(ckpt, out / "original")
-    meta = json.loads(paths["config"].read_text())
-    config, data = meta["model"], data_settings(ckpt)
-    model = load_module(ckpt)
-    pre = preprocess_from(data)
-    modalities = _modalities(model, data)
+    data, model = data_settings(ckpt), load_module(ckpt)
+    pre, modalities = preprocess_from(data), _modalities(model, data)
     probe = example_inputs(modalities, pre, [4, 9], seed=0)
     called = called_modules(model, lambda: model(probe))  # layers used by weight stay
+    config = json.loads(paths["config"].read_text())["model"]
+    src = _Source(model, config, data, pre, modalities, called)
+    make = {
+        "prune": lambda folder: _prune(src, folder, prune_amount, finetune),
+        "lowrank": lambda folder: _lowrank(src, folder, rank, energy),
+        "int8": lambda folder: _int8(src, folder),
+        "onnx": lambda folder: _onnx(src, folder),
+        "onnx-int8": lambda folder: _onnx_int8(src, folder, out / "onnx"),
+    }
     variants: dict[str, dict[str, Any]] = {
         "original": {"folder": out / "original", "kind": "torch", "notes": {}}
     }
     for method in methods:
         folder = out / method
         folder.mkdir(parents=True, exist_ok=True)
-        notes: dict[str, Any] = {}
+        kind = "onnx" if method.startswith("onnx") else "torch"
         try:
-            if method == "prune":
-                pruned = copy.deepcopy(model)
-                if finetune is None:
-                    notes["sparsity"] = prune_global_magnitude(pruned, prune_amount)
-                else:
-                    prune_global_magnitude(pruned, prune_amount, permanent=False)
-                    finetune(pruned)
-                    from mmctx.nn.compress import make_pruning_permanent, sparsity
-
-                    make_pruning_permanent(pruned)
-                    notes["sparsity"], notes["finetuned"] = sparsity(pruned), True
-                write_export(pruned, config, data, folder, compression_record(**notes))
-            elif method == "lowrank":
-                small = copy.deepcopy(model)
-                ranks = factorise_linears(
-                    small, rank=rank, energy=None if rank else energy, only=called
-                )
-                notes = {"factorised_layers": len(ranks), "rank": rank, "energy": energy}
-                write_export(small, config, data, folder, compression_record(ranks))
-            elif method == "int8":
-                names = quantisable(model, called)
-                quantised = quantise_dynamic(model, names)
-                write_export(quantised, config, data, folder, compression_record(quantised=names))
-                notes["quantised_layers"] = len(names)
-            elif method == "onnx":
-                names = export_onnx(model, modalities, pre, folder / ONNX_FILE)
-                write_onnx_config(folder, config, data, names)
-            elif method == "onnx-int8":
-                src = out / "onnx" / ONNX_FILE
-                if not src.is_file():
-                    names = export_onnx(model, modalities, pre, folder / "fp32.onnx")
-                    src = folder / "fp32.onnx"
-                else:
-                    names = json.loads((out / "onnx" / EXPORT_CONFIG).read_text())["onnx_inputs"]
-                diff = quantise_onnx(src, folder / ONNX_FILE, model, modalities, pre)
-                (folder / "fp32.onnx").unlink(missing_ok=True)
-                notes["max_prob_diff_on_checks"] = diff
-                write_onnx_config(folder, config, data, names, quantised="onnxruntime-dynamic-int8")
-            kind = "onnx" if method.startswith("onnx") else "torch"
-            variants[method] = {"folder": folder, "kind": kind, "notes": notes}
+            variants[method] = {"folder": folder, "kind": kind, "notes": make[method](folder)}
         except ExportError as err:
-            folder.rmdir() if not any(folder.iterdir()) else None
-            variants[method] = {"error": str(err), "kind": "onnx", "notes": notes}
+            if not any(folder.iterdir()):
+                folder.rmdir()
+            variants[method] = {"error": str(err), "kind": kind, "notes": {}}
     return variants
 
 
