@@ -57,3 +57,20 @@ def test_the_cli_reports_a_bad_setting_in_one_line_with_exit_status_2(
         "mmctx fit: cannot build the configured run: pool must be one of "
         "['attention', 'max', 'mean', 'summary'], got 'median'"
     )
+
+
+def test_a_cache_folder_holding_other_data_is_a_clear_error_with_exit_status_2(
+    tmp_path, capsys, monkeypatch
+):
+    from mmctx.cli import main
+
+    monkeypatch.setattr("sys.argv", ["mmctx"])
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "unrelated.txt").write_text("not the demo data")
+    demo = CONFIGS[[c.name for c in CONFIGS].index("demo.yaml")]
+    code = main(
+        ["fit", "--config", str(demo), "--data.init_args.cache_dir", str(tmp_path / "c"),
+         "--trainer.default_root_dir", str(tmp_path / "r")]
+    )  # fmt: skip
+    assert code == 2
+    assert "already exists but does not hold the demo data" in capsys.readouterr().err

@@ -34,6 +34,8 @@ import cv2
 import numpy as np
 import soundfile as sf
 
+from mmctx.errors import ConfigError
+
 __all__ = ["DIGIT_WORDS", "DTMF", "DemoSpec", "make_demo_dataset"]
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -338,8 +340,8 @@ def _holds(out: Path, spec: Any, what: str) -> bool:
         same = _without_off_fields(found) == _without_off_fields(wanted)
     except (OSError, ValueError):
         same = False
-    if not same:
-        raise ValueError(
+    if not same:  # a ConfigError (a ValueError): the run cannot start, exit status 2
+        raise ConfigError(
             f"{out} already exists but does not hold the {what} for {spec}; "
             "delete it or choose another folder"
         )
