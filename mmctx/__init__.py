@@ -9,7 +9,8 @@ Layers, each importing only those below it (checked by ``tests/test_architecture
           mmctx.data          manifests, paths, modalities, datasets, collate, data module
           mmctx.transforms    augmentation per modality, modality dropout
           mmctx.nn            fusion, attention, backbones, pooling, the FusedModel
-          mmctx.datasets      the built-in demo, long-context and digits data
+          mmctx.datasets      the built-in demo, long-context, digits and code-word data
+          mmctx.index         a faiss vector index under string ids (retrieval)
           mmctx.checkpoints   weights-only checkpoints and exports
 
 Lightning is imported only by the CLI, the pipelines and the data modules; everything in
