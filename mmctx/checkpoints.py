@@ -186,6 +186,26 @@ def write_export(
     return {"weights": out / EXPORT_WEIGHTS, "config": out / EXPORT_CONFIG}
 
 
+def read_export_config(folder: Path, payload: str, what: str) -> dict[str, Any]:
+    """``config.json`` of a folder that must also hold ``payload`` (the weights or graph).
+
+    Raises:
+        CheckpointError: A file is missing, or the config is not an mmctx one; the message
+            names the file.
+    """
+    cfg_path = folder / EXPORT_CONFIG
+    for p in (cfg_path, folder / payload):
+        if not p.is_file():
+            raise CheckpointError(f"{p}: missing; {what} holds {EXPORT_CONFIG} and {payload}")
+    try:
+        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or not isinstance(meta["model"], dict):
+            raise TypeError("no model config")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{cfg_path}: not an mmctx {what} config ({err})") from None
+    return meta
+
+
 def load_export(
     export_dir: str | os.PathLike[str], map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -195,17 +215,8 @@ def load_export(
 
     folder = Path(export_dir)
     cfg_path, weights = folder / EXPORT_CONFIG, folder / EXPORT_WEIGHTS
-    for p in (cfg_path, weights):
-        if not p.is_file():
-            raise CheckpointError(
-                f"{p}: missing; an export folder holds {EXPORT_CONFIG} and {EXPORT_WEIGHTS}"
-            )
-    try:
-        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-        config = meta["model"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{cfg_path}: not an mmctx export config ({err})") from None
-    model = build_module(config, cfg_path)
+    meta = read_export_config(folder, EXPORT_WEIGHTS, "an export folder")
+    model = build_module(meta["model"], cfg_path)
     compression = meta.get("compression") or {}
     if compression:
         from mmctx.nn.compress import apply_compression

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mmctx.checkpoints import EXPORT_CONFIG, CheckpointError, build_module
+from mmctx.checkpoints import EXPORT_CONFIG, CheckpointError, build_module, read_export_config
 from mmctx.data import Preprocess
 
 from .export import ExportError, TensorClassifier, example_inputs, tensor_inputs
@@ -354,17 +354,8 @@ def load_onnx(folder: str | os.PathLike[str]) -> tuple[OnnxClassifier, dict[str,
     data settings."""
     folder = Path(folder)
     graph, cfg_path = folder / ONNX_FILE, folder / EXPORT_CONFIG
-    for p in (graph, cfg_path):
-        if not p.is_file():
-            raise CheckpointError(
-                f"{p}: missing; an ONNX folder holds {ONNX_FILE} and {EXPORT_CONFIG}"
-            )
-    try:
-        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-        config = meta["model"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{cfg_path}: not an mmctx ONNX config ({err})") from None
-    skeleton = build_module(config, cfg_path).eval()
+    meta = read_export_config(folder, ONNX_FILE, "an ONNX folder")
+    skeleton = build_module(meta["model"], cfg_path).eval()
     try:
         runner = OnnxRunner(graph)
     except Exception as err:  # noqa: BLE001 - ONNX Runtime raises its own kinds
