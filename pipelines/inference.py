@@ -50,7 +50,7 @@ from mmctx.data.manifest import (
     row_id,
 )
 from mmctx.data.modalities import resolve_modalities
-from mmctx.data.paths import UNCONFINED, confined_path
+from mmctx.data.paths import UNCONFINED
 from mmctx.errors import one_line, printable
 from mmctx.index import IndexMismatchError, VectorIndex, fingerprint
 from mmctx.io import Limits
@@ -151,19 +151,6 @@ def row_from_arguments(
                 [os.fspath(v) for v in value] if isinstance(value, list) else os.fspath(value)
             )
     return row
-
-
-def check_inside_root(row: dict[str, Any], base: Path, root: Path, keys: Iterable[str]) -> None:
-    """Raise ValueError if a path under ``keys`` of ``row`` resolves (symlinks followed)
-    outside ``root``; nothing is opened. Kept for callers of the old API: parsing a row
-    (:func:`~mmctx.data.manifest.parse_row` with ``data_root``) does this check itself.
-    """
-    for key in keys:
-        value = row.get(key)
-        if key == "text" or value is None:
-            continue
-        for p in value if isinstance(value, list) else [value]:
-            confined_path(p, key, base, root)
 
 
 class Predictor:

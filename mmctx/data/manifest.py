@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmctx.data.modalities import Modality, manifest_paths, modality_names, resolve_modalities
+from mmctx.data.modalities import Modality, modality_names, resolve_modalities
 from mmctx.data.paths import short_repr
 from mmctx.errors import one_line
 
@@ -171,9 +171,6 @@ def count_rows(path: Path) -> int:
             for n, raw in enumerate(fh)
             if (raw[len(_BOM) :] if n == 0 and raw.startswith(_BOM) else raw).strip()
         )
-
-
-_paths = manifest_paths  # the old private name
 
 
 def known_modalities(
