@@ -14,11 +14,20 @@ Reproduce (full sweep: an idle machine, roughly 20-40 minutes on 2 cores; bf16 i
 Quick check (a few minutes, mostly FlexAttention compiling):
 
     python benchmarks/attention_bench.py --sizes 1024 2048 --repeats 2 --no-million
+
+Fair by construction: every implementation runs under the same allocator conditions, once
+per --allocators mode. glibc's default malloc maps each large temporary fresh from the OS
+(mmap) and returns it on free, so an implementation that allocates many large temporaries
+pays page faults on every call; "tuned" turns that off (trim threshold 2 GiB, no mmap) for
+every child alike, as a serving process would. Each row records the settings its child
+actually ran with and how many bytes glibc held in mmapped blocks at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import math
 import os
@@ -41,6 +50,11 @@ PASSES = ("fwd", "fwd+bwd")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MILLION = 1 << 20
 MARK = "@@attention_bench_row@@ "  # prefix of the one result line a --single child prints
+# GLIBC_TUNABLES of each allocator mode; the child's environment gets exactly this value
+ALLOCATORS = {
+    "default": "",
+    "tuned": "glibc.malloc.trim_threshold=2147483648:glibc.malloc.mmap_max=0",
+}
 
 EPILOG = """\
 implementations:
@@ -53,6 +67,12 @@ implementations:
                      excludes compilation (compile time is reported separately); there is no
                      CPU backward, so fwd+bwd is recorded as unsupported
   mmctx              mmctx.nn.attention.sliding_window_attention(q, k, v, window)
+
+allocators (--allocators):
+  default            glibc malloc as it comes: blocks over the (dynamic) mmap threshold are
+                     mapped per allocation and unmapped on free
+  tuned              GLIBC_TUNABLES=glibc.malloc.trim_threshold=2147483648:glibc.malloc.mmap_max=0:
+                     freed memory stays in the heap and is reused
 
 columns: "extra MiB" is the subprocess's peak RSS minus its RSS right after q, k, v (and the
 output gradient) were allocated, so it includes masks, modules, compile state and the output.
@@ -96,6 +116,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     arg("--window", type=int, default=256, help="one-sided window w: i sees j iff |i-j| <= w")
     arg("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of q, k, v")
     arg("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), metavar="IMPL", help=IMPL_HELP)
+    arg(
+        "--allocators",
+        nargs="+",
+        choices=list(ALLOCATORS),
+        default=list(ALLOCATORS),
+        metavar="MODE",
+        help="malloc settings every implementation runs under, one pass each; see below",
+    )
+    arg("--passes", nargs="+", choices=PASSES, default=list(PASSES), help="passes to time")
     arg("--repeats", type=int, default=3, help="timed calls after 1 warm-up; median reported")
     arg("--dense-max-n", type=int, default=16384, help="largest N for the dense rows, fwd")
     arg("--dense-bwd-max-n", type=int, default=16384, help="same, for fwd+bwd")
@@ -214,6 +243,30 @@ def time_calls(step, repeats: int, budget_s: float):
     return times[0], times[1:], out
 
 
+_MALLINFO2 = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+
+
+class _MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2: ten size_t fields
+    _fields_ = [(name, ctypes.c_size_t) for name in _MALLINFO2.split()]  # noqa: SIM905
+
+
+def allocator_state() -> dict:
+    """The malloc settings this process runs with and what glibc holds right now: bytes in
+    mmapped blocks (0 when mmap is off) and in the heap."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.mallinfo2.restype = _MallInfo2
+    libc.gnu_get_libc_version.restype = ctypes.c_char_p
+    info = libc.mallinfo2()
+    malloc_env = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+    return {
+        "glibc": libc.gnu_get_libc_version().decode(),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "malloc_env": malloc_env,
+        "mmapped_bytes": info.hblkhd,
+        "heap_bytes": info.arena,
+    }
+
+
 def band_error(out, q, k, v, w: int, max_rows: int, block: int = 256) -> tuple[float, int]:
     """Max abs difference from exact float64 band attention, block by block of query rows:
     all rows when N <= max_rows, else the blocks at both ends plus randomly chosen ones."""
@@ -262,6 +315,7 @@ def measure(spec: dict) -> dict:
     first, times, out = time_calls(step, spec["repeats"], budget)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     row = {"time_s": statistics.median(times), "times_s": times, "first_call_s": first}
+    row["allocator_state"] = allocator_state()  # while the output (or the gradients) lives
     row.update(extra_mib=(peak_kib - base_kib) / 1024, threads=torch.get_num_threads(), note=note)
     if spec["impl"] == "flex_compiled":
         row["compile_s"] = first - row["time_s"]
@@ -291,7 +345,9 @@ def run_child(spec: dict) -> dict:
     timeout, started = spec["timeout"], time.perf_counter()
     cmd = [sys.executable, os.path.abspath(__file__), "--single", json.dumps(spec)]
     with tempfile.TemporaryDirectory(prefix="attn_bench_") as cache:
-        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}  # cold compile every time
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+        env["GLIBC_TUNABLES"] = ALLOCATORS[spec["allocator"]]  # the same for every impl
+        env["TORCHINDUCTOR_CACHE_DIR"] = cache  # cold compile every time
         # own session: on timeout the whole group goes, compile workers included
         pipes = {"stdout": PIPE, "stderr": PIPE, "text": True}
         proc = subprocess.Popen(cmd, env=env, start_new_session=True, **pipes)
@@ -318,11 +374,17 @@ def skip_reason(args, impl: str, n: int, pass_: str) -> str | None:
     return f"N > {flag} {cap} (quadratic time and memory)" if n > cap else None
 
 
-def plan(args) -> list[tuple[str, int, str, float]]:
-    """(impl, N, pass, timeout) of every row, in the order they run."""
-    jobs = [(i, n, p, args.timeout) for n in args.sizes for i in args.impls for p in PASSES]
+def plan(args) -> list[tuple[str, str, int, str, float]]:
+    """(allocator, impl, N, pass, timeout) of every row, in the order they run: for each N
+    all implementations under one allocator mode, then the next mode."""
+    jobs = []
+    for n in args.sizes:
+        for alloc in args.allocators:
+            jobs += [(alloc, i, n, p, args.timeout) for i in args.impls for p in args.passes]
     if args.million and "mmctx" in args.impls:
-        jobs.append(("mmctx", MILLION, "fwd", args.million_timeout))
+        jobs += [
+            (alloc, "mmctx", MILLION, "fwd", args.million_timeout) for alloc in args.allocators
+        ]
     return jobs
 
 
@@ -399,10 +461,13 @@ def print_report(rows: list[dict], args, machine: dict) -> None:
     print(f"\n## Sliding-window attention, {args.dtype}, {shape}; {host}")
     size = machine["matmul_size"][args.dtype]
     print(f"\n{args.dtype} matmul rate ({size}^3): {peak:.1f} GFLOP/s\n")
-    print("| impl | N | pass | time s | extra MiB | GFLOP/s | % of matmul peak | max abs err |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    print(
+        "| malloc | impl | N | pass | time s | extra MiB | GFLOP/s | % of matmul peak | max abs err |"
+    )
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        cells = [r["impl"], r["n"], r["pass"], fmt(r.get("time_s"), ".4g") or r["status"]]
+        cells = [r["allocator"], r["impl"], r["n"], r["pass"]]
+        cells.append(fmt(r.get("time_s"), ".4g") or r["status"])
         cells += [fmt(r.get("extra_mib"), ".0f"), fmt(r.get("gflops"), ".2f")]
         cells += [fmt(r.get("pct_matmul_peak"), ".1f"), fmt(r.get("max_abs_err"), ".1e")]
         print("| " + " | ".join(map(str, cells)) + " |")
@@ -421,32 +486,39 @@ def print_report(rows: list[dict], args, machine: dict) -> None:
         )
     for r in rows:
         if r.get("note"):
-            print(f"- {r['impl']} N={r['n']} {r['pass']}: {r['note']}")
-    print_ratios(rows, args.sizes)
+            where = f"{r['allocator']} {r['impl']} N={r['n']} {r['pass']}"
+            print(f"- {where}: {r['note']}")
+    print_ratios(rows, args)
 
 
-def print_ratios(rows: list[dict], sizes: list[int]) -> None:
-    t = {(r["impl"], r["n"], r["pass"]): r.get("time_s") for r in rows if r["status"] == "ok"}
+def print_ratios(rows: list[dict], args) -> None:
+    """Time of each implementation over mmctx's, both measured under the same allocator."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    t = {(r["allocator"], r["impl"], r["n"], r["pass"]): r["time_s"] for r in ok}
 
-    def ratio(impl, n, pass_):
-        num, den = t.get((impl, n, pass_)), t.get(("mmctx", n, pass_))
+    def ratio(alloc, impl, n, pass_):
+        num, den = t.get((alloc, impl, n, pass_)), t.get((alloc, "mmctx", n, pass_))
         return f"{num / den:.2f}x" if num and den else "n/a"
 
-    print("\n### Time relative to mmctx (> 1 means mmctx is faster)\n")
-    print("| N | HF Longformer / mmctx, fwd | Flex / mmctx, fwd | HF Longformer / mmctx, fwd+bwd |")
-    print("|---:|---:|---:|---:|")
-    for n in sizes:
-        cells = [ratio("hf_longformer", n, "fwd"), ratio("flex_compiled", n, "fwd")]
-        cells.append(ratio("hf_longformer", n, "fwd+bwd"))
-        print(f"| {n} | " + " | ".join(cells) + " |")
+    print("\n### Time relative to mmctx under the same allocator (> 1: mmctx is faster)\n")
+    print("| malloc | N | HF Longformer / mmctx, fwd | Flex / mmctx, fwd | HF / mmctx, fwd+bwd |")
+    print("|---|---:|---:|---:|---:|")
+    for alloc in args.allocators:
+        for n in args.sizes:
+            cells = [
+                ratio(alloc, "hf_longformer", n, "fwd"),
+                ratio(alloc, "flex_compiled", n, "fwd"),
+            ]
+            cells.append(ratio(alloc, "hf_longformer", n, "fwd+bwd"))
+            print(f"| {alloc} | {n} | " + " | ".join(cells) + " |")
 
 
 def run_all(args, machine: dict) -> list[dict]:
     keys = ("batch", "heads", "head_dim", "window", "dtype", "repeats", "threads", "err_rows")
     common = {key: getattr(args, key) for key in keys}
     jobs, rows = plan(args), []
-    for i, (impl, n, pass_, timeout) in enumerate(jobs, 1):
-        row = {"impl": impl, "n": n, "pass": pass_}
+    for i, (alloc, impl, n, pass_, timeout) in enumerate(jobs, 1):
+        row = {"allocator": alloc, "impl": impl, "n": n, "pass": pass_}
         reason = skip_reason(args, impl, n, pass_)
         if reason:
             row.update(status="skipped", note=reason)
@@ -456,7 +528,8 @@ def run_all(args, machine: dict) -> list[dict]:
         add_rates(row, args, machine["matmul_gflops"][args.dtype])
         rows.append(row)
         done = f"{row['status']} {fmt(row.get('time_s'), '.4g')} {row.get('note') or ''}"
-        print(f"[{i}/{len(jobs)}] {impl} N={n} {pass_}: {done[:160]}", file=sys.stderr, flush=True)
+        where = f"[{i}/{len(jobs)}] {alloc} {impl} N={n} {pass_}"
+        print(f"{where}: {done[:160]}", file=sys.stderr, flush=True)
     return rows
 
 

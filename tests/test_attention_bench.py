@@ -1,0 +1,49 @@
+"""The attention benchmark compares implementations fairly: every one of them runs under the
+same allocator settings, and the JSON records what each child process actually ran with."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "attention_bench.py"
+
+
+@pytest.mark.slow
+def test_every_implementation_runs_under_the_same_allocator_settings(tmp_path):
+    out = tmp_path / "attention.json"
+    args = ["--sizes", "512", "--window", "16", "--impls", "dense_sdpa_band", "mmctx"]
+    args += ["--passes", "fwd", "--repeats", "1", "--no-million", "--matmul-seconds", "0.1"]
+    env_noise = {"MALLOC_ARENA_MAX": "1", "PATH": "/usr/bin:/bin"}  # must not reach a child
+    subprocess.run(
+        [sys.executable, str(SCRIPT), *args, "--out", str(out)],
+        check=True,
+        capture_output=True,
+        env=env_noise,
+        timeout=300,
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted((r["allocator"], r["impl"]) for r in rows) == [
+        ("default", "dense_sdpa_band"),
+        ("default", "mmctx"),
+        ("tuned", "dense_sdpa_band"),
+        ("tuned", "mmctx"),
+    ]
+    assert all(r["status"] == "ok" for r in rows), [r.get("note") for r in rows]
+    states = {}
+    for r in rows:
+        state = r["allocator_state"]
+        assert state["malloc_env"] == {}  # MALLOC_* variables of the caller were dropped
+        states.setdefault(r["allocator"], set()).add(state["glibc_tunables"])
+    # within a mode every implementation saw the same settings; the modes differ
+    assert states == {
+        "default": {""},
+        "tuned": {"glibc.malloc.trim_threshold=2147483648:glibc.malloc.mmap_max=0"},
+    }
+    # and the settings took effect: with mmap off glibc holds no mmapped block, while the
+    # default maps the output (8 heads x 512 x 64 floats = 1 MiB, over the mmap threshold)
+    for r in rows:
+        mapped = r["allocator_state"]["mmapped_bytes"]
+        assert (mapped == 0) == (r["allocator"] == "tuned"), (r["allocator"], r["impl"], mapped)
