@@ -26,8 +26,6 @@ actually ran with and how many bytes glibc held in mmapped blocks at the end.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import json
 import math
 import os
@@ -44,17 +42,13 @@ from subprocess import PIPE
 
 import torch
 import torch.nn.functional as F
+from allocator import ALLOCATORS, allocator_env, allocator_state  # benchmarks/allocator.py
 
 IMPLS = ("dense_sdpa_band", "dense_sdpa_nomask", "hf_longformer", "flex_compiled", "mmctx")
 PASSES = ("fwd", "fwd+bwd")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MILLION = 1 << 20
 MARK = "@@attention_bench_row@@ "  # prefix of the one result line a --single child prints
-# GLIBC_TUNABLES of each allocator mode; the child's environment gets exactly this value
-ALLOCATORS = {
-    "default": "",
-    "tuned": "glibc.malloc.trim_threshold=2147483648:glibc.malloc.mmap_max=0",
-}
 
 EPILOG = """\
 implementations:
@@ -243,30 +237,6 @@ def time_calls(step, repeats: int, budget_s: float):
     return times[0], times[1:], out
 
 
-_MALLINFO2 = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
-
-
-class _MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2: ten size_t fields
-    _fields_ = [(name, ctypes.c_size_t) for name in _MALLINFO2.split()]  # noqa: SIM905
-
-
-def allocator_state() -> dict:
-    """The malloc settings this process runs with and what glibc holds right now: bytes in
-    mmapped blocks (0 when mmap is off) and in the heap."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    libc.mallinfo2.restype = _MallInfo2
-    libc.gnu_get_libc_version.restype = ctypes.c_char_p
-    info = libc.mallinfo2()
-    malloc_env = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
-    return {
-        "glibc": libc.gnu_get_libc_version().decode(),
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-        "malloc_env": malloc_env,
-        "mmapped_bytes": info.hblkhd,
-        "heap_bytes": info.arena,
-    }
-
-
 def band_error(out, q, k, v, w: int, max_rows: int, block: int = 256) -> tuple[float, int]:
     """Max abs difference from exact float64 band attention, block by block of query rows:
     all rows when N <= max_rows, else the blocks at both ends plus randomly chosen ones."""
@@ -345,8 +315,7 @@ def run_child(spec: dict) -> dict:
     timeout, started = spec["timeout"], time.perf_counter()
     cmd = [sys.executable, os.path.abspath(__file__), "--single", json.dumps(spec)]
     with tempfile.TemporaryDirectory(prefix="attn_bench_") as cache:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-        env["GLIBC_TUNABLES"] = ALLOCATORS[spec["allocator"]]  # the same for every impl
+        env = allocator_env(spec["allocator"])  # the same for every implementation
         env["TORCHINDUCTOR_CACHE_DIR"] = cache  # cold compile every time
         # own session: on timeout the whole group goes, compile workers included
         pipes = {"stdout": PIPE, "stderr": PIPE, "text": True}
