@@ -82,3 +82,113 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return math.ceil(len(self.batches()) / self.num_replicas)
+
+
+def even_batch_sizes(count: int, num_batches: int, batch_size: int) -> list[int]:
+    """Sizes of exactly ``num_batches`` batches of at most ``batch_size`` holding ``count``
+    samples: full batches first, at least one sample left for each later batch.
+
+    Raises:
+        ValueError: ``count`` samples cannot fill ``num_batches`` batches of that size.
+    """
+    if not num_batches <= count <= num_batches * batch_size:
+        raise ValueError(
+            f"{count} samples cannot make {num_batches} batches of 1..{batch_size} samples"
+        )
+    sizes = []
+    for i in range(num_batches):
+        size = min(batch_size, count - (num_batches - i - 1))
+        sizes.append(size)
+        count -= size
+    return sizes
+
+
+class StreamBatches:
+    """Batches over a stream of single samples, resumable mid-epoch.
+
+    With a ``batch_size``, every process gets the same number of batches (the most any
+    process needs), so a DDP epoch ends on every rank at the same step and no sample is
+    dropped or repeated: a process with fewer samples makes some batches smaller. With
+    ``max_tokens``, samples are bucketed by length within a shuffle buffer of
+    ``buffer_size`` samples (see :class:`TokenBudgetBatchSampler`): the wider the buffer,
+    the less padding and the more memory; batch counts then depend on the data, so this is
+    for one process only.
+
+    Args:
+        samples: An iterable of loaded samples with ``state_dict``/``load_state_dict``
+            (LitData's ``StreamingDataLoader`` with ``batch_size=1``) and ``len``.
+        collate: Turns a list of loaded samples into a batch.
+        batch_size: Samples per batch.
+        max_tokens: Token budget per batch instead (``longest x count``).
+        buffer_size: Samples bucketed together under a token budget.
+        seed: Seed of the batch order under a token budget.
+    """
+
+    def __init__(
+        self,
+        samples,
+        collate,
+        batch_size: int,
+        *,
+        max_tokens: int | None = None,
+        buffer_size: int = 512,
+        seed: int = 0,
+    ) -> None:
+        self.samples = samples
+        self.collate = collate
+        self.batch_size = batch_size
+        self.max_tokens = max_tokens
+        self.buffer_size = buffer_size
+        self.seed = seed
+        self.batches_done = 0  # in the current epoch, for a resumed run
+        self.epoch = 0
+        self._num_batches: int | None = None
+
+    def __len__(self) -> int:
+        if self.max_tokens is not None:
+            raise TypeError("the number of token-budget batches is known only at the end")
+        if self._num_batches is None:
+            longest = torch.tensor(len(self.samples))
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(longest, op=torch.distributed.ReduceOp.MAX)
+            self._num_batches = math.ceil(int(longest) / self.batch_size)
+        return self._num_batches
+
+    def __iter__(self) -> Iterator[dict]:
+        stream = iter(self.samples)
+        batches = self._budget(stream) if self.max_tokens is not None else self._even(stream)
+        for batch in batches:
+            self.batches_done += 1
+            yield self.collate(batch)
+        self.batches_done = 0
+        self.epoch += 1
+
+    def _even(self, stream: Iterator) -> Iterator[list]:
+        sizes = even_batch_sizes(len(self.samples), len(self), self.batch_size)
+        for size in sizes[self.batches_done :]:
+            yield [next(stream) for _ in range(size)]
+
+    def _budget(self, stream: Iterator) -> Iterator[list]:
+        buffer: list = []
+        for item in stream:
+            buffer.append(item)
+            if len(buffer) == self.buffer_size:
+                yield from self._bucket(buffer)
+                buffer = []
+        yield from self._bucket(buffer)
+
+    def _bucket(self, buffer: list) -> Iterator[list]:
+        lengths = [item.get("length", 1) if isinstance(item, dict) else 1 for item in buffer]
+        seed = self.seed + 1000 * self.epoch + self.batches_done
+        sampler = TokenBudgetBatchSampler(
+            lengths, self.max_tokens, seed=seed, num_replicas=1, rank=0
+        )
+        for indices in sampler.batches():
+            yield [buffer[i] for i in indices]
+
+    def state_dict(self) -> dict:
+        return {"samples": self.samples.state_dict(), "batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.samples.load_state_dict(state["samples"])
+        self.batches_done = int(state["batches_done"])
