@@ -7,7 +7,11 @@ import pytest
 from mmctx.cli import lightning_cli
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-OVERLAYS = {"longctx_truncated.yaml": "longctx_demo.yaml", "demo_augment.yaml": "demo.yaml"}
+OVERLAYS = {
+    "longctx_truncated.yaml": "longctx_demo.yaml",
+    "demo_augment.yaml": "demo.yaml",
+    "ddp.yaml": "demo_shards.yaml",
+}
 
 
 def _build(config: Path, tmp_path: Path, *overrides: str):

@@ -96,9 +96,9 @@ class ShardedDataModule(MultimodalDataModule):
     @property
     def label_space(self) -> LabelSpace:
         """The label space the shards were written with (or ``classes`` when given)."""
-        labelled = [m for m in self._metadata.values() if m.get("class_names")]
         if self.classes and self.multilabel_setting is not None:
             return LabelSpace(self.classes, self.multilabel_setting)
+        labelled = [m for m in self._metadata.values() if m.get("class_names")]
         if not labelled:
             raise ValueError("no labelled shards: set data.classes, or shard labelled data")
         return LabelSpace(self.classes or labelled[0]["class_names"], labelled[0]["multilabel"])
