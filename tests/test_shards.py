@@ -128,7 +128,7 @@ def _rank_batches(out: Path, world: int, monkeypatch) -> list[list[list[str]]]:
     for rank in range(world):
         env = _DistributedEnv(world, rank, 1)
         monkeypatch.setattr(_DistributedEnv, "detect", classmethod(lambda cls, e=env: e))
-        data = ShardedDataModule(train_shards=str(out), batch_size=2, **SETTINGS)
+        data = ShardedDataModule(train_shards=str(out), batch_size=2, even_batches=True, **SETTINGS)
         loaders.append(data.loader("train", shuffle=True))
     most = max(len(loader.samples) for loader in loaders)
     for loader in loaders:
@@ -146,9 +146,11 @@ def test_ranks_see_disjoint_parts_and_together_every_sample(sharded, world, monk
     assert len({len(batches) for batches in per_rank}) == 1  # same step count: no DDP hang
 
 
-def test_stream_resumes_mid_epoch_from_its_state(sharded):
+@pytest.mark.parametrize("even_batches", [False, True])
+def test_stream_resumes_mid_epoch_from_its_state(sharded, even_batches):
     _, out = sharded
-    data = ShardedDataModule(train_shards=str(out), batch_size=2, **SETTINGS)
+    settings = {**SETTINGS, "batch_size": 2, "even_batches": even_batches}
+    data = ShardedDataModule(train_shards=str(out), **settings)
     full = [batch["ids"] for batch in data.loader("train", shuffle=True)]
     first = data.loader("train", shuffle=True)
     seen = []
@@ -157,7 +159,7 @@ def test_stream_resumes_mid_epoch_from_its_state(sharded):
         if len(seen) == 2:
             state = json.loads(json.dumps(first.state_dict()))  # as a checkpoint stores it
             break
-    resumed = ShardedDataModule(train_shards=str(out), batch_size=2, **SETTINGS)
+    resumed = ShardedDataModule(train_shards=str(out), **settings)
     loader = resumed.loader("train", shuffle=True)
     loader.load_state_dict(state)
     rest = [batch["ids"] for batch in loader]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmctx.data.batching import StreamBatches
 from mmctx.data.datamodule import MultimodalDataModule
@@ -22,6 +22,9 @@ from mmctx.data.manifest import LabelSpace, Sample
 from mmctx.data.shards import StoredSamples, check_preprocess, read_metadata
 from mmctx.errors import ConfigError
 from mmctx.transforms import Augment
+
+if TYPE_CHECKING:
+    from litdata import StreamingDataLoader
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,10 @@ class ShardedDataModule(MultimodalDataModule):
         cache_dir: Where LitData keeps downloaded chunks of remote shards (default: LitData's).
         storage_options: Passed to LitData for object stores (credentials, endpoint).
         shuffle_buffer: Samples bucketed together under ``max_tokens_per_batch``.
+        even_batches: Form batches in the main process so that every process gets the same
+            number of them (see :class:`StreamBatches`). Default: only when there are several
+            processes; one process collates whole batches in the loader's workers, which is
+            faster (collating in the main process competes with the model for its threads).
         **kwargs: Any :class:`MultimodalDataModule` setting except the manifests; the
             preprocessing settings must be those the shards were written with.
     """
@@ -55,6 +62,7 @@ class ShardedDataModule(MultimodalDataModule):
         cache_dir: str | None = None,
         storage_options: dict[str, Any] | None = None,
         shuffle_buffer: int = 512,
+        even_batches: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(val_fraction=0.0, **kwargs)
@@ -67,6 +75,7 @@ class ShardedDataModule(MultimodalDataModule):
         self.cache_dir = cache_dir
         self.storage_options = storage_options or {}
         self.shuffle_buffer = shuffle_buffer
+        self.even_batches = even_batches
 
     def setup(self, stage: str) -> None:
         """Read each split's ``mmctx_shards.json`` and check its preprocessing (once)."""
@@ -126,23 +135,33 @@ class ShardedDataModule(MultimodalDataModule):
 
     def loader(
         self, split: str, *, shuffle: bool = False, augment: Augment | None = None
-    ) -> StreamBatches:
-        """Batches of one split (see :class:`~mmctx.data.batching.StreamBatches`)."""
+    ) -> StreamingDataLoader | StreamBatches:
+        """Batches of one split: LitData's loader collating in its workers (one process), or
+        :class:`~mmctx.data.batching.StreamBatches` (several processes, a token budget).
+        Both are resumable mid-epoch: Lightning stores their ``state_dict`` in checkpoints.
+        """
         from litdata import StreamingDataLoader
 
-        if self.max_tokens_per_batch is not None and self._world_size() > 1:
+        world = self._world_size()
+        if self.max_tokens_per_batch is not None and world > 1:
             raise ConfigError(
                 "max_tokens_per_batch on shards works in one process only (batch counts "
                 "would differ between processes); use batch_size with several processes"
             )
         stream = self.dataset(split, augment, shuffle=shuffle)
+        num_classes = len(self.class_names) if self.multilabel else None
+        collate = Collate(self.modality_handlers, self.preprocess, num_classes)
+        even = self.even_batches if self.even_batches is not None else world > 1
+        if not even and self.max_tokens_per_batch is None:
+            return StreamingDataLoader(
+                stream, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate
+            )
         samples = StreamingDataLoader(
             stream, batch_size=1, num_workers=self.num_workers, collate_fn=_single
         )
-        num_classes = len(self.class_names) if self.multilabel else None
         return StreamBatches(
             samples,
-            Collate(self.modality_handlers, self.preprocess, num_classes),
+            collate,
             self.batch_size,
             max_tokens=self.max_tokens_per_batch,
             buffer_size=self.shuffle_buffer,
@@ -156,5 +175,5 @@ class ShardedDataModule(MultimodalDataModule):
         dist = torch.distributed
         return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
-    def train_dataloader(self) -> StreamBatches:
+    def train_dataloader(self) -> StreamingDataLoader | StreamBatches:
         return self.loader("train", shuffle=True, augment=self.augment)
