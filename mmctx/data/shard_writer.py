@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from mmctx.data.manifest import LabelSpace, read_manifest
 from mmctx.data.modalities import Modality
 from mmctx.data.preprocess import Preprocess, SampleError
 from mmctx.data.shards import (
+    META_FILE,
     ShardReport,
     chunk_bytes_arg,
     empty_folder,
@@ -177,11 +177,12 @@ def main(argv: Sequence[str]) -> int:
     report = write_shards(
         manifest, Path(args.out), chunk_bytes=args.chunk_bytes, **settings_from_config(args.config)
     )
-    for problem in report.problems:
-        print(f"skipped {printable(problem)}", file=sys.stderr)
+    # each skipped row was logged (file, line, cause) as it was met, by the shared readers
+    skipped = len(report.problems)
     print(
-        f"wrote {report.written} samples to {report.out} in {report.seconds:.1f} s; "
-        f"skipped {len(report.problems)} rows" + (" (listed above)" if report.problems else "")
+        f"wrote {report.written} samples to {printable(report.out)} in {report.seconds:.1f} s; "
+        f"skipped {skipped} row{'s' * (skipped != 1)}"
+        + (f" (listed above and in {META_FILE})" if skipped else "")
     )
     if args.json:
         Path(args.json).write_text(json.dumps(report.summary(), indent=1) + "\n", encoding="utf-8")
