@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from mmctx.features import FeatureSequence
 from mmctx.nn.backbones import TransformerBackbone, TransformerBlock
@@ -21,8 +21,9 @@ STEPS = 4
 
 
 class TinyClassifier(L.LightningModule):
-    def __init__(self) -> None:
+    def __init__(self, batch_size: int = 8) -> None:
         super().__init__()
+        self.batch_size = batch_size
         torch.manual_seed(0)  # the same initial weights in every process and run
         self.backbone = TransformerBackbone(dim=16, depth=2, heads=2, dropout=0.0)
         self.head = nn.Linear(16, 3)
@@ -33,15 +34,20 @@ class TinyClassifier(L.LightningModule):
         fused = self.backbone(FeatureSequence(x, mask, None)).features
         return nn.functional.cross_entropy(self.head(fused.mean(1)), y)
 
+    def train_dataloader(self) -> DataLoader:
+        """Rank r of w takes samples r, r + w, ... in order: each step's w part-batches are
+        together the one-process run's batch of w times the size."""
+        gen = torch.Generator().manual_seed(1)
+        x, y = torch.randn(64, 6, 16, generator=gen), torch.randint(0, 3, (64,), generator=gen)
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        sampler = DistributedSampler(range(64), world, rank, shuffle=False)
+        return DataLoader(TensorDataset(x, y), batch_size=self.batch_size, sampler=sampler)
+
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.5)
 
 
 def main(accelerator: str, strategy: str, devices: int, batch_size: int, out: str) -> None:
-    gen = torch.Generator().manual_seed(1)
-    data = TensorDataset(
-        torch.randn(64, 6, 16, generator=gen), torch.randint(0, 3, (64,), generator=gen)
-    )
     if strategy == "fsdp":  # the recipe of configs/fsdp.yaml: one FSDP unit per block
         chosen = FSDPStrategy(
             auto_wrap_policy={TransformerBlock},
@@ -51,12 +57,11 @@ def main(accelerator: str, strategy: str, devices: int, batch_size: int, out: st
     else:
         chosen = strategy
     trainer = L.Trainer(
-        accelerator=accelerator, devices=devices, strategy=chosen, max_steps=STEPS, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator=accelerator, devices=devices, strategy=chosen, max_steps=STEPS,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, use_distributed_sampler=False,
     )  # fmt: skip
-    # a sequential loader: rank r of 2 takes samples r, r+2, ... so that each step's two
-    # half-batches are together the single process's batch of twice the size
-    trainer.fit(TinyClassifier(), DataLoader(data, batch_size=batch_size))
+    trainer.fit(TinyClassifier(batch_size))
     state = trainer.strategy.lightning_module_state_dict()  # gathered from the shards
     if trainer.global_rank == 0:
         torch.save({k: v.detach().cpu() for k, v in state.items()}, out)
