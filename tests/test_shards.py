@@ -97,13 +97,28 @@ def test_shard_then_stream_gives_the_manifest_paths_samples(sharded, capsys):
     assert stream.class_names == manifest_path.class_names
 
 
-def test_shards_refuse_other_preprocessing_and_a_used_folder(sharded):
+def test_shards_refuse_other_preprocessing_and_a_used_folder(sharded, capsys):
     manifest, out = sharded
     other = ShardedDataModule(train_shards=str(out), **{**SETTINGS, "image_size": 32})
     with pytest.raises(ConfigError, match="image_size: shards 16, config 32"):
         other.setup("fit")
-    with pytest.raises(ConfigError, match="not empty"):
-        shard_main(["--manifest", str(manifest), "--out", str(out)])
+    assert shard_main(["--manifest", str(manifest), "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    nowhere = ShardedDataModule(train_shards=str(out.parent / "nowhere"), **SETTINGS)
+    with pytest.raises(ConfigError, match="holds no shards written by `mmctx shard`"):
+        nowhere.setup("fit")
+
+
+def test_shard_command_explains_itself_and_stops_on_a_missing_manifest(tmp_path, capsys):
+    from mmctx.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["shard", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--manifest" in out and "--chunk-bytes" in out and "exit status" in out
+    assert main(["shard", "--manifest", str(tmp_path / "no.jsonl"), "--out", str(tmp_path)]) == 2
+    assert "no such file" in capsys.readouterr().err
 
 
 def test_stored_values_round_trip_and_damage_is_an_error():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +33,7 @@ from mmctx.data.shards import (
     to_record,
     write_metadata,
 )
-from mmctx.errors import EXIT_FAILED, EXIT_STATUS_HELP, ConfigError, printable
+from mmctx.errors import EXIT_FAILED, EXIT_STATUS_HELP, EXIT_USAGE, ConfigError, printable
 
 DEFAULT_CHUNK_BYTES = "64MB"
 
@@ -171,12 +172,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
-    manifest = Path(args.manifest)
-    if not manifest.is_file():
-        raise ConfigError(f"--manifest {manifest}: no such file")
-    report = write_shards(
-        manifest, Path(args.out), chunk_bytes=args.chunk_bytes, **settings_from_config(args.config)
-    )
+    try:
+        report = _shard(args)
+    except ConfigError as err:  # the run could not start: one line, exit status 2
+        print(f"mmctx shard: {printable(str(err))}", file=sys.stderr)
+        return EXIT_USAGE
     # each skipped row was logged (file, line, cause) as it was met, by the shared readers
     skipped = len(report.problems)
     print(
@@ -187,3 +187,12 @@ def main(argv: Sequence[str]) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report.summary(), indent=1) + "\n", encoding="utf-8")
     return EXIT_FAILED if report.problems else 0
+
+
+def _shard(args: argparse.Namespace) -> ShardReport:
+    manifest = Path(args.manifest)
+    if not manifest.is_file():
+        raise ConfigError(f"--manifest {manifest}: no such file")
+    return write_shards(
+        manifest, Path(args.out), chunk_bytes=args.chunk_bytes, **settings_from_config(args.config)
+    )
