@@ -1,15 +1,18 @@
-"""A callback for the multi-process tests: which sample ids each rank trained on."""
+"""Callbacks for the multi-process and resume tests: which sample ids each rank trained on,
+and a kill in the middle of an epoch."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import lightning as L
 
 
 class RecordTrainIds(L.Callback):
-    """Writes ``ids-rank<R>.json``: the ids of every training batch of this rank, by epoch.
+    """Appends one line per training batch to ``ids-rank<R>.jsonl``: world size and ids.
 
     Args:
         out: Folder for the files.
@@ -17,12 +20,21 @@ class RecordTrainIds(L.Callback):
 
     def __init__(self, out: str) -> None:
         self.out = Path(out)
-        self.batches: list[list[str]] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.batches.append(list(batch["ids"]))
-
-    def on_train_end(self, trainer, pl_module) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / f"ids-rank{trainer.global_rank}.json"
-        path.write_text(json.dumps({"world": trainer.world_size, "batches": self.batches}))
+        line = json.dumps({"world": trainer.world_size, "ids": list(batch["ids"])})
+        with open(self.out / f"ids-rank{trainer.global_rank}.jsonl", "a") as fh:
+            fh.write(line + "\n")
+
+
+class KillAtStep(L.Callback):
+    """SIGKILLs its own process when a batch starts after ``step`` optimizer steps (after
+    the checkpoint of step ``step`` was written): a crash in the middle of an epoch."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

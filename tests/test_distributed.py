@@ -30,12 +30,14 @@ def demo_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _fit_command(shards: Path, out: Path) -> list[str]:
-    overlay = out / "record.yaml"
+def _fit_command(shards: Path, out: Path, *callbacks: str) -> list[str]:
+    """``mmctx fit`` arguments on the shards, recording the ids each rank trains on in
+    ``out/ids``; ``callbacks`` are more YAML list items for ``trainer.callbacks``."""
     out.mkdir(parents=True, exist_ok=True)
+    overlay = out / f"overlay-{len(list(out.glob('overlay-*')))}.yaml"
+    items = [f"{{class_path: tests.stream_ids.RecordTrainIds, init_args: {{out: {out / 'ids'}}}}}"]
     overlay.write_text(
-        "trainer:\n  callbacks:\n    - class_path: tests.stream_ids.RecordTrainIds\n"
-        f"      init_args: {{out: {out / 'ids'}}}\n"
+        "trainer:\n  callbacks:\n" + "".join(f"    - {c}\n" for c in [*callbacks, *items])
     )
     return [
         "-m", "mmctx.cli", "fit", "--config", str(CONFIG), "--config", str(overlay),
@@ -56,13 +58,21 @@ def _train_ids(shards: Path) -> list[str]:
     return sorted(json.loads(line)["id"] for line in manifest.read_text().splitlines())
 
 
+def _batches(folder: Path, world: int) -> list[list[dict]]:
+    """Per rank, the recorded batches (``{"world", "ids"}``) in order."""
+    return [
+        [json.loads(line) for line in (folder / f"ids-rank{r}.jsonl").read_text().splitlines()]
+        for r in range(world)
+    ]
+
+
 def _check_each_sample_once(out: Path, shards: Path, world: int) -> None:
-    runs = [json.loads((out / "ids" / f"ids-rank{r}.json").read_text()) for r in range(world)]
-    assert {run["world"] for run in runs} == {world}
-    ids = [i for run in runs for batch in run["batches"] for i in batch]
+    runs = _batches(out / "ids", world)
+    assert {batch["world"] for run in runs for batch in run} == {world}
+    ids = [i for run in runs for batch in run for i in batch["ids"]]
     assert len(ids) == len(set(ids)), "a sample was trained on twice"
     assert sorted(ids) == _train_ids(shards), "a sample was never trained on"
-    assert len({len(run["batches"]) for run in runs}) == 1  # the ranks stepped together
+    assert len({len(run) for run in runs}) == 1  # the ranks stepped together
 
 
 @pytest.mark.slow
@@ -118,3 +128,43 @@ def test_two_nodes_launched_by_torchrun_train_on_each_sample_once(demo_shards, t
     assert [node.returncode for node in nodes] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
     assert "MEMBER: 2/2" in logs[0] + logs[1]
     _check_each_sample_once(tmp_path, demo_shards, world=2)
+
+
+@pytest.mark.slow
+def test_fit_killed_mid_epoch_resumes_from_the_stream_position(demo_shards, tmp_path):
+    """Killed after the checkpoint of step 3, then resumed with ``--ckpt_path last``: the
+    two runs together train on each sample of the epoch once."""
+    last = "{class_path: mmctx.pipelines.LastCheckpoint, init_args: {every_n_train_steps: 3}}"
+    first = _fit_command(
+        demo_shards,
+        tmp_path / "first",
+        "{class_path: tests.stream_ids.KillAtStep, init_args: {step: 3}}",
+        last,
+    )
+    first += ["--trainer.default_root_dir", str(tmp_path)]
+    run = subprocess.run(
+        [sys.executable, *first],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == -9, (run.stdout + run.stderr)[-3000:]
+    second = _fit_command(demo_shards, tmp_path / "second", last)
+    second += ["--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last"]
+    run = subprocess.run(
+        [sys.executable, *second],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    before = [b["ids"] for b in _batches(tmp_path / "first" / "ids", 1)[0]]
+    after = [b["ids"] for b in _batches(tmp_path / "second" / "ids", 1)[0]]
+    assert len(before) == 3
+    ids = [i for batch in before + after for i in batch]
+    assert len(ids) == len(set(ids)), "a sample was trained on twice"
+    assert sorted(ids) == _train_ids(demo_shards), "a sample was never trained on"
