@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+STREAM_STATE_KEY = "mmctx_stream_state"  # in the data module's part of a checkpoint
+
 
 def _single(items: list[Any]) -> Any:
     """LitData's collate at ``batch_size=1``: the sample itself (batches form later)."""
@@ -76,6 +78,8 @@ class ShardedDataModule(MultimodalDataModule):
         self.storage_options = storage_options or {}
         self.shuffle_buffer = shuffle_buffer
         self.even_batches = even_batches
+        self._train_loader: StreamingDataLoader | StreamBatches | None = None
+        self._pending_stream_state: dict[str, Any] | None = None
 
     def setup(self, stage: str) -> None:
         """Read each split's ``mmctx_shards.json`` and check its preprocessing (once)."""
@@ -175,5 +179,28 @@ class ShardedDataModule(MultimodalDataModule):
         dist = torch.distributed
         return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
+    def state_dict(self) -> dict[str, Any]:
+        """The data settings (see the parent), plus the training stream's position."""
+        state = super().state_dict()
+        if self._train_loader is not None:
+            state[STREAM_STATE_KEY] = self._train_loader.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep the stream position for the next ``train_dataloader``.
+
+        Lightning restores a stateful loader itself only if the loader is first built after
+        the checkpoint is read; a model whose ``configure_optimizers`` asks for
+        ``trainer.estimated_stepping_batches`` (the classifier's warm-up schedule) has it
+        built earlier, and the position would be lost: a resumed fit would start its epoch
+        over. Restoring it here as well covers both orders (loading a state twice is
+        harmless: nothing has been read yet)."""
+        self._pending_stream_state = state_dict.get(STREAM_STATE_KEY)
+
     def train_dataloader(self) -> StreamingDataLoader | StreamBatches:
-        return self.loader("train", shuffle=True, augment=self.augment)
+        loader = self.loader("train", shuffle=True, augment=self.augment)
+        if self._pending_stream_state is not None:
+            loader.load_state_dict(self._pending_stream_state)
+            self._pending_stream_state = None
+        self._train_loader = loader
+        return loader
