@@ -83,6 +83,7 @@ def test_ddp_fit_on_two_processes_trains_on_each_sample_once(demo_shards, tmp_pa
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-3000:]
     assert "MEMBER: 2/2" in log and "fit finished" in log
+    assert "val/acc=" in log  # the validation split was streamed and scored too
     _check_each_sample_once(tmp_path, demo_shards, world=2)
 
 
@@ -127,6 +128,7 @@ def test_two_nodes_launched_by_torchrun_train_on_each_sample_once(demo_shards, t
     logs = [node.communicate(timeout=600)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
     assert "MEMBER: 2/2" in logs[0] + logs[1]
+    assert "val/acc=" in logs[0] + logs[1]
     _check_each_sample_once(tmp_path, demo_shards, world=2)
 
 

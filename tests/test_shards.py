@@ -137,17 +137,14 @@ def test_even_batch_sizes_cover_every_sample(count, batches, size):
 
 
 def _rank_batches(out: Path, world: int, monkeypatch) -> list[list[list[str]]]:
-    """Each simulated rank's batches of one epoch (LitData told the world size and rank;
-    the all-reduce of the batch count done by hand)."""
+    """Each simulated rank's batches of one epoch (LitData told the world size and rank)."""
     loaders = []
     for rank in range(world):
         env = _DistributedEnv(world, rank, 1)
         monkeypatch.setattr(_DistributedEnv, "detect", classmethod(lambda cls, e=env: e))
         data = ShardedDataModule(train_shards=str(out), batch_size=2, even_batches=True, **SETTINGS)
         loaders.append(data.loader("train", shuffle=True))
-    most = max(len(loader.samples) for loader in loaders)
-    for loader in loaders:
-        loader._num_batches = -(-most // loader.batch_size)  # what the all-reduce finds
+    assert max(len(loader.samples) for loader in loaders) == loaders[0].most_samples
     return [[batch["ids"] for batch in loader] for loader in loaders]
 
 

@@ -122,6 +122,10 @@ class StreamBatches:
         max_tokens: Token budget per batch instead (``longest x count``).
         buffer_size: Samples bucketed together under a token budget.
         seed: Seed of the batch order under a token budget.
+        most_samples: The most samples any process reads in an epoch (default: this
+            process's own count, right for one process). Known without communication:
+            a ``len`` that all-reduced would pair with other collectives when only some
+            processes ask (rank 0's progress bar and summaries do).
     """
 
     def __init__(
@@ -133,8 +137,10 @@ class StreamBatches:
         max_tokens: int | None = None,
         buffer_size: int = 512,
         seed: int = 0,
+        most_samples: int | None = None,
     ) -> None:
         self.samples = samples
+        self.most_samples = len(samples) if most_samples is None else most_samples
         self.collate = collate
         self.batch_size = batch_size
         self.max_tokens = max_tokens
@@ -142,17 +148,11 @@ class StreamBatches:
         self.seed = seed
         self.batches_done = 0  # in the current epoch, for a resumed run
         self.epoch = 0
-        self._num_batches: int | None = None
 
     def __len__(self) -> int:
         if self.max_tokens is not None:
             raise TypeError("the number of token-budget batches is known only at the end")
-        if self._num_batches is None:
-            longest = torch.tensor(len(self.samples))
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.all_reduce(longest, op=torch.distributed.ReduceOp.MAX)
-            self._num_batches = math.ceil(int(longest) / self.batch_size)
-        return self._num_batches
+        return math.ceil(self.most_samples / self.batch_size)
 
     def __iter__(self) -> Iterator[dict]:
         stream = iter(self.samples)

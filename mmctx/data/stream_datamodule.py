@@ -36,6 +36,12 @@ def _single(items: list[Any]) -> Any:
     return items[0]
 
 
+def most_samples_per_rank(total: int, world: int) -> int:
+    """What LitData gives the busiest of ``world`` processes, reading one sample at a time:
+    ``total // world`` each, and the remainder to the last process."""
+    return total // world + total % world
+
+
 class ShardedDataModule(MultimodalDataModule):
     """Train/val/test/predict data streamed from shards written by ``mmctx shard``.
 
@@ -146,13 +152,13 @@ class ShardedDataModule(MultimodalDataModule):
         """
         from litdata import StreamingDataLoader
 
-        world = self._world_size()
+        stream = self.dataset(split, augment, shuffle=shuffle)
+        world = stream.distributed_env.world_size  # the processes LitData splits among
         if self.max_tokens_per_batch is not None and world > 1:
             raise ConfigError(
                 "max_tokens_per_batch on shards works in one process only (batch counts "
                 "would differ between processes); use batch_size with several processes"
             )
-        stream = self.dataset(split, augment, shuffle=shuffle)
         num_classes = len(self.class_names) if self.multilabel else None
         collate = Collate(self.modality_handlers, self.preprocess, num_classes)
         even = self.even_batches if self.even_batches is not None else world > 1
@@ -170,14 +176,8 @@ class ShardedDataModule(MultimodalDataModule):
             max_tokens=self.max_tokens_per_batch,
             buffer_size=self.shuffle_buffer,
             seed=self.split_seed,
+            most_samples=most_samples_per_rank(self._metadata[split]["written"], world),
         )
-
-    @staticmethod
-    def _world_size() -> int:
-        import torch
-
-        dist = torch.distributed
-        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
     def state_dict(self) -> dict[str, Any]:
         """The data settings (see the parent), plus the training stream's position."""
