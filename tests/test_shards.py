@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -187,3 +188,15 @@ def test_token_budget_on_the_stream_keeps_every_sample_within_budget(sharded):
     ids = [i for batch in batches for i in batch["ids"]]
     assert sorted(ids) == [f"s{i:03d}" for i in range(11)]
     assert len(batches) > 1
+
+
+def test_even_batches_start_every_epoch_whole_when_lightning_stops_at_len(sharded):
+    """Lightning takes len() batches and leaves the iterator unfinished; the next epoch
+    (the next validation run) must still have all its batches."""
+    _, out = sharded
+    data = ShardedDataModule(train_shards=str(out), batch_size=4, even_batches=True, **SETTINGS)
+    loader = data.loader("train", shuffle=True)
+    for epoch in range(3):
+        batches = list(itertools.islice(iter(loader), len(loader)))
+        assert len(batches) == len(loader) == 3, epoch
+        assert sorted(i for b in batches for i in b["ids"]) == [f"s{i:03d}" for i in range(11)]

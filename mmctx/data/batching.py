@@ -146,7 +146,8 @@ class StreamBatches:
         self.max_tokens = max_tokens
         self.buffer_size = buffer_size
         self.seed = seed
-        self.batches_done = 0  # in the current epoch, for a resumed run
+        self.batches_done = 0  # in the current epoch (stored in checkpoints)
+        self._resume_at = 0  # batches of the epoch a restored state had done already
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -155,17 +156,22 @@ class StreamBatches:
         return math.ceil(self.most_samples / self.batch_size)
 
     def __iter__(self) -> Iterator[dict]:
+        # Lightning stops after len() batches without exhausting this generator, so all
+        # per-epoch state is set here, at the start, never after the last batch
+        self.batches_done, self._resume_at = self._resume_at, 0
+        self.epoch += 1
         stream = iter(self.samples)
-        batches = self._budget(stream) if self.max_tokens is not None else self._even(stream)
+        if self.max_tokens is not None:
+            batches = self._budget(stream)
+        else:
+            batches = self._even(stream, self.batches_done)
         for batch in batches:
             self.batches_done += 1
             yield self.collate(batch)
-        self.batches_done = 0
-        self.epoch += 1
 
-    def _even(self, stream: Iterator) -> Iterator[list]:
+    def _even(self, stream: Iterator, start: int) -> Iterator[list]:
         sizes = even_batch_sizes(len(self.samples), len(self), self.batch_size)
-        for size in sizes[self.batches_done :]:
+        for size in sizes[start:]:
             yield [next(stream) for _ in range(size)]
 
     def _budget(self, stream: Iterator) -> Iterator[list]:
@@ -191,4 +197,4 @@ class StreamBatches:
 
     def load_state_dict(self, state: dict) -> None:
         self.samples.load_state_dict(state["samples"])
-        self.batches_done = int(state["batches_done"])
+        self._resume_at = int(state["batches_done"])
