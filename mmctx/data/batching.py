@@ -5,6 +5,10 @@ of each batch on padding or runs out of memory on the longest samples. Here samp
 sorted by their estimated fused length (all modalities together), cut into batches
 whose padded size ``max length x count`` stays within ``max_tokens``, and the batches
 are shuffled each epoch. Under DDP each process takes every ``world``-th batch.
+
+:class:`StreamBatches` batches a stream of samples (LitData shards, see
+:mod:`mmctx.data.stream_datamodule`): by size with the same number of batches in every
+process, or by a token budget within a shuffle buffer.
 """
 
 from __future__ import annotations
