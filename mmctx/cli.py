@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import mmctx.data.datamodule  # noqa: F401
+import mmctx.data.stream_datamodule  # noqa: F401
 import mmctx.datasets.modules  # noqa: F401
 import mmctx.encoders  # noqa: F401
 
@@ -66,6 +67,8 @@ Data commands:
   demo-data     write the built-in tri-modal digits dataset to a folder
   digits-data   pair the real spoken and handwritten digits (shared/data) into manifests
   validate-data check a manifest before training: files decode, sizes, labels, duplicates
+  shard         decode a manifest once into LitData shards to stream (ShardedDataModule):
+                mmctx shard --manifest data/train.jsonl --out shards/train --config configs/demo.yaml
 
 Augmentation and robustness:
   augment-preview  picture of samples before/after the config's augmentation:
@@ -207,6 +210,12 @@ def _validate_data(argv: Sequence[str]) -> int:
     return validate_main(argv)
 
 
+def _shard(argv: Sequence[str]) -> int:
+    from mmctx.data.shard_writer import main as shard_main
+
+    return shard_main(argv)
+
+
 def _export(argv: Sequence[str]) -> int:
     from mmctx.pipelines.export import export_main
 
@@ -255,6 +264,7 @@ OWN_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "generate": _generate,
     "gan-eval": _gan_eval,
     "validate-data": _validate_data,
+    "shard": _shard,
 }
 
 

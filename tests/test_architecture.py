@@ -19,7 +19,13 @@ PACKAGES = {
     "mmctx.pipelines": ROOT / "pipelines",
 }
 LAYERS = ["mmctx.cli", "mmctx.pipelines", "mmctx.encoders", "mmctx"]  # top first
-LIGHTNING_OK = ("mmctx.cli", "mmctx.pipelines", "mmctx.data.datamodule", "mmctx.datasets.modules")
+LIGHTNING_OK = (
+    "mmctx.cli",
+    "mmctx.pipelines",
+    "mmctx.data.datamodule",
+    "mmctx.data.stream_datamodule",
+    "mmctx.datasets.modules",
+)
 
 
 def _modules() -> dict[str, Path]:

@@ -45,6 +45,8 @@ def test_own_commands_explain_themselves(command, capsys):
 OVERLAYS = {  # configs meant to be stacked on a base
     "longctx_truncated.yaml": "longctx_demo.yaml",
     "demo_augment.yaml": "demo.yaml",
+    "ddp.yaml": "demo_shards.yaml",
+    "fsdp.yaml": "demo_shards.yaml",
 }
 
 

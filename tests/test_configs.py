@@ -7,7 +7,13 @@ import pytest
 from mmctx.cli import lightning_cli
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-OVERLAYS = {"longctx_truncated.yaml": "longctx_demo.yaml", "demo_augment.yaml": "demo.yaml"}
+OVERLAYS = {
+    "longctx_truncated.yaml": "longctx_demo.yaml",
+    "demo_augment.yaml": "demo.yaml",
+    "ddp.yaml": "demo_shards.yaml",
+    "fsdp.yaml": "demo_shards.yaml",
+}
+NEEDS_GPU = {"fsdp.yaml"}  # Lightning's FSDPStrategy runs on CUDA only
 
 
 def _build(config: Path, tmp_path: Path, *overrides: str):
@@ -19,7 +25,11 @@ def _build(config: Path, tmp_path: Path, *overrides: str):
     return lightning_cli(argv, run=False, save_config_callback=None)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+@pytest.mark.parametrize(
+    "config",
+    [pytest.param(c, marks=[pytest.mark.gpu] if c.name in NEEDS_GPU else []) for c in CONFIGS],
+    ids=[c.name for c in CONFIGS],
+)
 def test_every_shipped_config_instantiates_without_generating_data(config, tmp_path):
     cli = _build(config, tmp_path)
     assert cli.model.class_names == [str(d) for d in range(10)]

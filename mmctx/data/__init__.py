@@ -1,7 +1,9 @@
 """The data side: manifests, modalities, decoding to arrays, datasets, collate, batching.
 
-``mmctx.data.datamodule`` (the Lightning data module) is the one module here that imports
-Lightning; import it by name.
+``mmctx.data.datamodule`` (the Lightning data module) and ``mmctx.data.stream_datamodule``
+(its LitData-shard variant, ``ShardedDataModule``) are the modules here that import
+Lightning; import them by name. ``mmctx.data.shards`` and ``mmctx.data.shard_writer`` hold
+the shard format and ``mmctx shard``.
 """
 
 from mmctx.data.dataset import Collate, ManifestDataset, drop_modalities, estimate_length

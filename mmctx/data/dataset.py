@@ -97,7 +97,11 @@ class ManifestDataset(Dataset):
         exception unwinds). ``KeyboardInterrupt`` and ``SystemExit`` are not exceptions of
         a sample and pass through.
         """
-        sample = self.samples[index]
+        return self.load_sample(self.samples[index])
+
+    def load_sample(self, sample: Sample) -> dict[str, Any] | SampleError:
+        """One sample loaded, augmented and labelled, or its :class:`SampleError` (see
+        ``__getitem__``); streamed shards reuse it for samples that are not in ``samples``."""
         where = "loading"  # the stage, for exceptions that name no file
         try:
             inputs = self._load(sample)
