@@ -8,6 +8,9 @@ from mmctx.cli import lightning_cli
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 OVERLAYS = {"longctx_truncated.yaml": "longctx_demo.yaml", "demo_augment.yaml": "demo.yaml"}
+OVERLAYS |= dict.fromkeys(
+    ["longctx_small.yaml", "longctx_dense.yaml", "longctx_segment.yaml"], "longctx_demo.yaml"
+)
 
 
 def _build(config: Path, tmp_path: Path, *overrides: str):
