@@ -214,8 +214,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmctx context-sweep",
         description=SWEEP_HELP,
-        epilog=EXIT_STATUS_HELP,
+        epilog=EXIT_STATUS_HELP
+        + "\nAny other --key value (e.g. --data.init_args.cache_dir DIR) overrides the config.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # --data.* overrides go to the config, never to --data-dir
     )
     parser.add_argument(
         "--config",

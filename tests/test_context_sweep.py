@@ -191,3 +191,38 @@ def test_a_missing_checkpoint_or_wrong_data_is_one_line_and_exit_status_2(
     code, err = _run(capsys, *long, "--ckpt", "x.ckpt", "--out", "o", "--lengths", "0", *cache)
     assert code == 2 and "SweepSpec.scales=(0.0,) is out of range" in err
     assert not (tmp_path / "cache").exists() and not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_context_sweep_runs_end_to_end_on_trained_checkpoints(tmp_path, capsys, monkeypatch):
+    from mmctx.cli import lightning_cli, main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["mmctx"])
+    config = ["--config", str(CONFIGS / "longctx_demo.yaml")]
+    data = [
+        "--data.num_samples", "20", "--data.audio_seconds", "1", "--data.text_words", "40",
+        "--data.cache_dir", str(tmp_path / "data"),
+    ]  # fmt: skip
+    cli = lightning_cli(
+        [*config, *data, "--data.batch_size", "4", "--trainer.max_epochs", "1",
+         "--model.init_args.backbone.init_args.window", "8",
+         "--model.init_args.encoders.text.init_args.window", "32",
+         "--model.init_args.encoders.text.init_args.stride", "24",
+         "--trainer.enable_progress_bar", "false"],
+        run=False,
+    )  # fmt: skip
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    grid = ["--lengths", "1", "2", "--positions", "2", "--per-cell", "3", "--no-progress"]
+    out = tmp_path / "sweep"
+    argv = [*config, *data, "--ckpt", f"a={ckpt}", "--ckpt", f"b={ckpt}", "--out", str(out)]
+    assert main(["context-sweep", *argv, *grid]) == 0
+    printed = capsys.readouterr().out
+    reports = {n: json.loads((out / n / "sweep.json").read_text()) for n in "ab"}
+    assert reports["a"]["accuracy"] == reports["b"]["accuracy"]  # the same model twice
+    assert len(reports["a"]["accuracy"]) == 2 and len(reports["a"]["accuracy"][0]) == 2
+    assert all(c["samples"] == 3 and c["failed"] == 0 for c in reports["a"]["cells"])
+    assert reports["a"]["training_length"] == {"text_words": 40, "audio_seconds": 1.0}
+    assert (out / "context_sweep.png").is_file() and (out / "a" / "heatmap.png").is_file()
+    assert "a: accuracy by input length" in printed
