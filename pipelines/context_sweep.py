@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import logging
 import sys
@@ -253,6 +254,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
     parser.add_argument("--workers", type=int, default=2, help="decoding threads (default: 2)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep OUT/NAME/sweep.json when it was made from the same checkpoint (same bytes) "
+        "and grid, instead of evaluating again (e.g. to add a model to a comparison)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -333,7 +340,8 @@ def context_sweep_main(
     try:
         datamodule = build_datamodule(args.config, overrides)
         spec = sweep_spec_from(datamodule, args)
-        predictors = load_predictors(named_checkpoints(args.ckpt), args.device)
+        checkpoints = named_checkpoints(args.ckpt)
+        predictors = load_predictors(checkpoints, args.device)
         folder = _data_folder(datamodule, spec, args.data_dir)
         paths = make_sweep_dataset(folder, spec, progress=not args.no_progress)
     except (ConfigError, OSError) as err:
@@ -350,20 +358,45 @@ def context_sweep_main(
         "seed": spec.seed,
         "data": str(folder),
     }
-    sweeps, failed = {}, 0
+    sweeps = {}
     for name, predictor in predictors.items():
-        cells = sweep_accuracy(
-            predictor, paths, spec, batch_size=args.batch_size, workers=args.workers,
-            progress=not args.no_progress, desc=name,
-        )  # fmt: skip
+        model_info = {**info, "checkpoint_sha256": _digest(checkpoints[name])}
+        out = Path(args.out) / name
+        cells = _earlier_cells(out / "sweep.json", model_info) if args.reuse else None
+        if cells is None:
+            cells = sweep_accuracy(
+                predictor, paths, spec, batch_size=args.batch_size, workers=args.workers,
+                progress=not args.no_progress, desc=name,
+            )  # fmt: skip
+            model_info["checkpoint"] = str(checkpoints[name])
+            written = write_sweep(cells, out, name=name, info=model_info)
+            done = f"wrote {written['json']}, {written['csv']}, {written['png']}"
+        else:
+            done = f"reused {out / 'sweep.json'} (same checkpoint and grid)"
         sweeps[name] = cells
-        failed += sum(c.failed for c in cells)
-        written = write_sweep(cells, Path(args.out) / name, name=name, info=info)
         print(f"\n{name}: accuracy by input length (rows) and clue position (columns)")
         print(format_grid(cells))
-        print(f"wrote {written['json']}, {written['csv']}, {written['png']}")
+        print(done)
     if len(sweeps) > 1:
         print(f"wrote {plot_side_by_side(sweeps, Path(args.out) / 'context_sweep.png')}")
+    failed = sum(c.failed for cells in sweeps.values() for c in cells)
     if failed:
         print(f"mmctx context-sweep: {failed} samples could not be scored", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _digest(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _earlier_cells(report: Path, info: dict[str, Any]) -> list[Cell] | None:
+    """The cells of an earlier report made from the same checkpoint and grid, else None."""
+    try:
+        found = json.loads(report.read_text())
+    except (OSError, ValueError):
+        return None
+    if any(found.get(key) != value for key, value in info.items()):
+        return None
+    return [Cell(**cell) for cell in found["cells"]]

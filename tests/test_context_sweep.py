@@ -226,3 +226,9 @@ def test_context_sweep_runs_end_to_end_on_trained_checkpoints(tmp_path, capsys, 
     assert reports["a"]["training_length"] == {"text_words": 40, "audio_seconds": 1.0}
     assert (out / "context_sweep.png").is_file() and (out / "a" / "heatmap.png").is_file()
     assert "a: accuracy by input length" in printed
+    # --reuse keeps the reports of the same checkpoint and grid instead of evaluating again.
+    (out / "context_sweep.png").unlink()
+    assert main(["context-sweep", *argv, *grid, "--reuse"]) == 0
+    assert capsys.readouterr().out.count("(same checkpoint and grid)") == 2
+    assert json.loads((out / "a" / "sweep.json").read_text()) == reports["a"]
+    assert (out / "context_sweep.png").is_file()
