@@ -171,8 +171,9 @@ def plot_side_by_side(sweeps: dict[str, Sequence[Cell]], path: str | Path) -> Pa
                                                   for b in range(bins + 1)], fontsize=7)  # fmt: skip
         ax.set_xlabel("relative position of the evidence")
         ax.set_title(name, fontsize=10)
-    scales = list(dict.fromkeys(c.scale for c in next(iter(sweeps.values()))))
-    axes[0, 0].set_yticks(range(len(scales)), [f"{s:g}x" for s in scales])
+    lengths = {c.scale: c for c in next(iter(sweeps.values()))}  # one cell per length
+    ticks = [f"{s:g}x\n{c.text_words} w, {c.audio_seconds:g} s" for s, c in lengths.items()]
+    axes[0, 0].set_yticks(range(len(ticks)), ticks, fontsize=7)
     axes[0, 0].set_ylabel("input length (x training length)")
     fig.colorbar(image, ax=axes[0].tolist(), label="accuracy", fraction=0.03, pad=0.02)
     fig.savefig(path, dpi=110, bbox_inches="tight")
