@@ -207,7 +207,8 @@ their heatmaps side by side. The inputs are generated once into a cache folder (
 
 example:
   mmctx context-sweep --config configs/longctx_demo.yaml --config configs/longctx_small.yaml \\
-      --ckpt sliding=runs/sliding/checkpoints/last.ckpt --ckpt dense=runs/dense/last.ckpt \\
+      --ckpt sliding=runs/sliding/checkpoints/last.ckpt \\
+      --ckpt dense=runs/dense/checkpoints/last.ckpt \\
       --lengths 1 2 3 4 --positions 10 --out sweep/
 """
 
