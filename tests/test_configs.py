@@ -5,25 +5,13 @@ from pathlib import Path
 import pytest
 
 from mmctx.cli import lightning_cli
+from tests.helpers import config_bases
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-OVERLAYS = {"longctx_truncated.yaml": "longctx_demo.yaml", "demo_augment.yaml": "demo.yaml"}
-OVERLAYS |= dict.fromkeys(
-    ["longctx_small.yaml", "longctx_dense.yaml", "longctx_segment.yaml"], "longctx_demo.yaml"
-)
-OVERLAYS["longctx_small_truncated.yaml"] = "longctx_small.yaml"
-
-
-def _bases(config: Path) -> list[Path]:
-    """The configs an overlay stacks on, outermost first."""
-    if config.name not in OVERLAYS:
-        return []
-    base = config.parent / OVERLAYS[config.name]
-    return [*_bases(base), base]
 
 
 def _build(config: Path, tmp_path: Path, *overrides: str):
-    base = _bases(config)
+    base = config_bases(config)
     argv = [a for c in [*base, config] for a in ("--config", str(c))]
     argv += ["--data.init_args.cache_dir", str(tmp_path / "cache"), *overrides]
     if "digits" in config.name:  # the real data is only read by prepare_data / setup
