@@ -75,6 +75,8 @@ Augmentation and robustness:
                    mmctx augment-preview --config configs/demo_augment.yaml --out preview.png
   robustness       accuracy with each modality removed and under rising noise (JSON, CSV, PNG):
                    mmctx robustness --config configs/demo.yaml --ckpt BEST.ckpt --out report/
+  context-sweep    long-context accuracy by input length x where the evidence sits (heatmaps):
+                   mmctx context-sweep --config configs/longctx_demo.yaml --ckpt BEST.ckpt --out sweep/
 
 Any config value can be overridden on the command line (--trainer.max_epochs 3),
 configs can be stacked (--config a.yaml --config b.yaml), and
@@ -204,6 +206,14 @@ def _robustness(argv: Sequence[str]) -> int:
     return 0
 
 
+def _context_sweep(argv: Sequence[str]) -> int:
+    from mmctx.pipelines.context_sweep import context_sweep_main
+
+    return context_sweep_main(
+        list(argv), lambda configs, overrides: _from_config(configs, overrides).datamodule
+    )
+
+
 def _validate_data(argv: Sequence[str]) -> int:
     from mmctx.data.validate import main as validate_main
 
@@ -257,6 +267,7 @@ OWN_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "digits-data": _digits_data,
     "augment-preview": _augment_preview,
     "robustness": _robustness,
+    "context-sweep": _context_sweep,
     "infer": _infer,
     "export": _export,
     "compress": _compress,

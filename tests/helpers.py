@@ -9,6 +9,26 @@ from pathlib import Path
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+# Shipped configs meant to be stacked on another (which may itself be an overlay).
+CONFIG_OVERLAYS = {
+    "demo_augment.yaml": "demo.yaml",
+    "longctx_truncated.yaml": "longctx_demo.yaml",
+    "longctx_small.yaml": "longctx_demo.yaml",
+    "longctx_dense.yaml": "longctx_demo.yaml",
+    "longctx_segment.yaml": "longctx_demo.yaml",
+    "longctx_small_truncated.yaml": "longctx_small.yaml",
+    "ddp.yaml": "demo_shards.yaml",
+    "fsdp.yaml": "demo_shards.yaml",
+}
+
+
+def config_bases(config: Path) -> list[Path]:
+    """The configs ``config`` is stacked on, outermost first (none for a complete config)."""
+    if config.name not in CONFIG_OVERLAYS:
+        return []
+    base = config.parent / CONFIG_OVERLAYS[config.name]
+    return [*config_bases(base), base]
+
 
 def write_manifest(path: Path, rows: list[dict | str]) -> Path:
     """Write rows (dicts as JSON, strings verbatim) one per line."""

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from mmctx.cli import main
+from tests.helpers import config_bases
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 DEMO = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
@@ -42,26 +43,20 @@ def test_own_commands_explain_themselves(command, capsys):
     assert out.startswith(f"usage: mmctx {command}") and len(out) > 400
 
 
-OVERLAYS = {  # configs meant to be stacked on a base
-    "longctx_truncated.yaml": "longctx_demo.yaml",
-    "demo_augment.yaml": "demo.yaml",
-    "ddp.yaml": "demo_shards.yaml",
-    "fsdp.yaml": "demo_shards.yaml",
-}
+def _stacked(config: Path) -> list[str]:
+    """``--config`` arguments for ``config`` and the configs it is stacked on."""
+    return [a for c in [*config_bases(config), config] for a in ("--config", str(c))]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
 def test_every_shipped_config_parses(config, capsys):
-    base = (
-        ["--config", str(config.parent / OVERLAYS[config.name])] if config.name in OVERLAYS else []
-    )
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", *base, "--config", str(config), "--print_config"])
+        main(["fit", *_stacked(config), "--print_config"])
     assert exit_info.value.code in (0, None)
     out = capsys.readouterr().out
     assert "class_path: mmctx.pipelines." in out and "data:" in out
-    if config.name in OVERLAYS:  # an overlay must not drop the base's encoders
-        base_encoders = yaml.safe_load((config.parent / OVERLAYS[config.name]).read_text())
+    if config_bases(config):  # an overlay must not drop the complete base's encoders
+        base_encoders = yaml.safe_load(config_bases(config)[0].read_text())
         merged = yaml.safe_load(out)
         assert set(merged["model"]["init_args"]["encoders"]) == set(
             base_encoders["model"]["init_args"]["encoders"]
@@ -70,14 +65,11 @@ def test_every_shipped_config_parses(config, capsys):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
 def test_every_shipped_config_keeps_last_ckpt_where_a_rerun_finds_it(config, capsys):
-    base = (
-        ["--config", str(config.parent / OVERLAYS[config.name])] if config.name in OVERLAYS else []
-    )
     with pytest.raises(SystemExit):
-        main(["fit", *base, "--config", str(config), "--print_config"])
+        main(["fit", *_stacked(config), "--print_config"])
     trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
-    if config.name in OVERLAYS:  # an overlay's runs must not resume or overwrite the base's
-        base_config = yaml.safe_load((config.parent / OVERLAYS[config.name]).read_text())
+    for base in config_bases(config):  # an overlay's runs must not resume or overwrite a base's
+        base_config = yaml.safe_load(base.read_text())
         assert trainer["default_root_dir"] != base_config["trainer"]["default_root_dir"]
     callbacks = {c["class_path"].rsplit(".", 1)[-1]: c["init_args"] for c in trainer["callbacks"]}
     # both in <default_root_dir>/checkpoints (see test_resume), the same for every run

@@ -5,19 +5,14 @@ from pathlib import Path
 import pytest
 
 from mmctx.cli import lightning_cli
+from tests.helpers import config_bases
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-OVERLAYS = {
-    "longctx_truncated.yaml": "longctx_demo.yaml",
-    "demo_augment.yaml": "demo.yaml",
-    "ddp.yaml": "demo_shards.yaml",
-    "fsdp.yaml": "demo_shards.yaml",
-}
 NEEDS_GPU = {"fsdp.yaml"}  # Lightning's FSDPStrategy runs on CUDA only
 
 
 def _build(config: Path, tmp_path: Path, *overrides: str):
-    base = [config.parent / OVERLAYS[config.name]] if config.name in OVERLAYS else []
+    base = config_bases(config)
     argv = [a for c in [*base, config] for a in ("--config", str(c))]
     argv += ["--data.init_args.cache_dir", str(tmp_path / "cache"), *overrides]
     if "digits" in config.name:  # the real data is only read by prepare_data / setup

@@ -12,12 +12,19 @@ noise, WAV encoding, split cutting); only the layout is longer. Sample ``i`` dra
 ``np.random.default_rng([seed, i, 0])`` and its audio from ``np.random.default_rng([seed, i,
 1])``, so dropping a modality leaves the other unchanged. ``truth.jsonl`` records where each clue
 sits (for analysis; models must not read it).
+
+:func:`make_sweep_dataset` writes test inputs with the clue at a chosen place instead: a grid of
+input lengths (multiples of the training length) by relative clue positions, for asking how
+accuracy depends on where the evidence sits and how long the input is (``mmctx context-sweep``).
+Position ``at`` in [0, 1] puts the digit word at word index ``at * (text_words - 1)`` (rounded,
+after at least its lead-in) and the burst's onset at ``at * (clip - burst)`` samples.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +41,7 @@ from mmctx.datasets.demo import (
     check_spec,
 )
 
-__all__ = ["MODALITIES", "LongSpec", "make_longctx_dataset"]
+__all__ = ["MODALITIES", "LongSpec", "SweepSpec", "make_longctx_dataset", "make_sweep_dataset"]
 
 MODALITIES = ("text", "audio")
 # Lead-ins of the telling sentence; the digit word follows. None holds a digit word.
@@ -45,6 +52,9 @@ _LEADS = (
     ("the", "hidden", "digit", "is"),
 )
 _MIN_TEXT_WORDS = 10
+# A last seed word for sweep samples, so that none shares a random stream with a training
+# sample (numpy's SeedSequence treats trailing zero words as absent: it must not be 0).
+_SWEEP_STREAM = 1
 
 
 @dataclass(frozen=True)
@@ -103,31 +113,60 @@ def _as_demo_spec(spec: LongSpec) -> DemoSpec:
     )
 
 
-def _make_text(rng: np.random.Generator, digit: int, n_words: int) -> tuple[str, int]:
+def _make_text(
+    rng: np.random.Generator, digit: int, n_words: int, at: float | None = None
+) -> tuple[str, int]:
     """``n_words`` filler words holding one telling sentence; return the text and the digit
-    word's index, which is uniform over every position the sentence allows."""
+    word's index, which is uniform over every position the sentence allows, or (with ``at``)
+    ``at * (n_words - 1)`` rounded, moved right just enough for the lead-in to fit."""
     lead = _LEADS[int(rng.integers(len(_LEADS)))]
-    where = int(rng.integers(len(lead), n_words))
+    where = int(rng.integers(len(lead), n_words))  # drawn in any case: same stream after it
+    if at is not None:
+        where = max(len(lead), round(at * (n_words - 1)))
     filler = [_VOCAB[j] for j in rng.integers(len(_VOCAB), size=n_words - len(lead) - 1)]
     cut = where - len(lead)
     words = [*filler[:cut], *lead, DIGIT_WORDS[digit], *filler[cut:]]
     return " ".join(words) + "\n", where
 
 
+def _move_burst(clip: np.ndarray, onset: int, length: int, at: float) -> tuple[np.ndarray, int]:
+    """``clip`` rotated so that its burst starts at ``at * (len(clip) - length)``; the rest of
+    the clip is white noise, and rotated white noise is still white noise."""
+    target = round(at * (len(clip) - length))
+    return np.roll(clip, target - onset), target
+
+
 def _make_sample(
     index: int, label: int, spec: LongSpec, demo: DemoSpec, root: Path
 ) -> tuple[dict, dict]:
     """Write sample ``index``'s files under ``root``; return its manifest row and truth row."""
-    sample_id = f"long-{index:06d}"
+    rngs = [np.random.default_rng([spec.seed, index, part]) for part in (0, 1)]
+    return _write_sample(f"long-{index:06d}", label, rngs, spec, demo, root)
+
+
+def _write_sample(
+    sample_id: str,
+    label: int,
+    rngs: list[np.random.Generator],
+    spec: LongSpec,
+    demo: DemoSpec,
+    root: Path,
+    at: float | None = None,
+) -> tuple[dict, dict]:
+    """Write one sample's files, its text drawn from ``rngs[0]`` and its audio from
+    ``rngs[1]``, with the clue at random or at relative position ``at``; return its manifest
+    row and truth row."""
+    text_rng, audio_rng = rngs
     row: dict = {"id": sample_id, "label": label}
     truth: dict = {"id": sample_id, "label": label}
     if "text" in spec.modalities:
-        rng = np.random.default_rng([spec.seed, index, 0])
-        text, truth["word_index"] = _make_text(rng, label, spec.text_words)
+        text, truth["word_index"] = _make_text(text_rng, label, spec.text_words, at)
         row["text_path"] = f"text/{sample_id}.txt"
         (root / row["text_path"]).write_text(text, encoding="utf-8")
     if "audio" in spec.modalities:
-        clip, onset, length = _make_audio(np.random.default_rng([spec.seed, index, 1]), label, demo)
+        clip, onset, length = _make_audio(audio_rng, label, demo)
+        if at is not None:
+            clip, onset = _move_burst(clip, onset, length, at)
         row["audio"] = f"audio/{sample_id}.wav"
         (root / row["audio"]).write_bytes(_wav_bytes(clip, spec.sample_rate))
         truth["onset_seconds"] = onset / spec.sample_rate
@@ -183,3 +222,118 @@ def make_longctx_dataset(
     return build_once(
         out_dir, spec, lambda folder: _generate(folder, spec, progress), "long-context data"
     )
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """Test inputs with the clue at chosen places: a grid of input lengths x position bins.
+
+    Cell ``(scale, bin)`` holds ``per_cell`` samples whose texts have
+    ``round(scale * base.text_words)`` words and whose clips last ``scale * base.audio_seconds``;
+    their clues sit at relative positions spread evenly over ``[bin / bins, (bin + 1) / bins)``
+    (the same position in every modality), and their labels are balanced over the digits.
+    The same spec always yields byte-identical files.
+
+    Attributes:
+        base: The training data: its text and clip lengths are scale 1, and its sample rate
+            and modalities are kept (its size, seed and split fractions are not used).
+        scales: Input lengths as multiples of the training length (non-empty, each > 0, no
+            repeats); e.g. ``(1, 2, 3, 4)``.
+        bins: Position bins (>= 1).
+        per_cell: Samples per cell (>= 1).
+        seed: Seed of the grid (>= 0); no sample shares a random stream with a training one.
+    """
+
+    base: LongSpec = _DEFAULT_SPEC
+    scales: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)
+    bins: int = 10
+    per_cell: int = 20
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        """Raise a ValueError naming the first field whose value is out of range."""
+        if isinstance(self.base, dict):  # as read back from COMPLETE
+            object.__setattr__(self, "base", LongSpec(**self.base))
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        checks = {
+            "scales": len(self.scales) > 0
+            and min(self.scales) > 0
+            and len(set(self.scales)) == len(self.scales),
+            "bins": self.bins >= 1,
+            "per_cell": self.per_cell >= 1,
+            "seed": self.seed >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"SweepSpec.{name}={getattr(self, name)!r} is out of range")
+        for scale in self.scales:  # each length must itself be a valid long-context spec
+            self.scaled(scale)
+
+    def scaled(self, scale: float) -> LongSpec:
+        """The data spec of inputs ``scale`` times the training length."""
+        words = max(_MIN_TEXT_WORDS, round(scale * self.base.text_words))
+        return replace(self.base, text_words=words, audio_seconds=scale * self.base.audio_seconds)
+
+    def cells(self) -> Iterator[tuple[int, float, int]]:
+        """``(cell index, scale, bin)`` of every cell, scales outermost."""
+        for i, scale in enumerate(self.scales):
+            for b in range(self.bins):
+                yield i * self.bins + b, scale, b
+
+    def position(self, b: int, j: int) -> float:
+        """Relative clue position of sample ``j`` of bin ``b``: evenly spread over the bin."""
+        return (b + (j + 0.5) / self.per_cell) / self.bins
+
+
+def _generate_sweep(root: Path, spec: SweepSpec, progress: bool) -> None:
+    """Write every cell's samples into the empty folder ``root``, ending with COMPLETE."""
+    for folder in spec.base.modalities:
+        (root / folder).mkdir()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(spec.scales) * spec.bins * spec.per_cell, desc="sweep data")
+    rows, truths = [], []
+    for cell, scale, b in spec.cells():
+        data = spec.scaled(scale)
+        demo = _as_demo_spec(data)
+        labels = np.random.default_rng([spec.seed, cell, 2, _SWEEP_STREAM]).permutation(
+            np.arange(spec.per_cell) % 10
+        )
+        for j, label in enumerate(labels):
+            index, at = cell * spec.per_cell + j, spec.position(b, j)
+            rngs = [np.random.default_rng([spec.seed, index, p, _SWEEP_STREAM]) for p in (0, 1)]
+            sample_id = f"sweep-x{scale:g}-b{b:02d}-{j:04d}"
+            row, truth = _write_sample(sample_id, int(label), rngs, data, demo, root, at)
+            rows.append(row)
+            where = {"scale": scale, "bin": b, "position": at}
+            size = {"text_words": data.text_words, "audio_seconds": data.audio_seconds}
+            truths.append({**truth, **where, **size})
+            if bar is not None:
+                bar.update()
+    _write_jsonl(root / "sweep.jsonl", rows)
+    _write_jsonl(root / "truth.jsonl", truths)
+    (root / "COMPLETE").write_text(json.dumps(asdict(spec), sort_keys=True) + "\n")
+
+
+def make_sweep_dataset(
+    out_dir: str | Path, spec: SweepSpec, *, progress: bool = False
+) -> dict[str, Path]:
+    """Generate the length x position grid of :class:`SweepSpec` under ``out_dir`` unless it is
+    already there (built in a temporary sibling folder renamed into place at the end).
+
+    Writes ``text/*.txt`` and ``audio/*.wav``, one manifest ``sweep.jsonl`` (rows ``{"id",
+    "label", "text_path", "audio"}``, ids ``sweep-x<scale>-b<bin>-<j>``), ``truth.jsonl`` (per
+    sample: ``scale``, ``bin``, the requested ``position``, ``text_words`` and
+    ``audio_seconds`` of the input, and where the clue landed: ``word_index``,
+    ``onset_seconds``, ``burst_seconds``) and ``COMPLETE`` (the spec as JSON).
+
+    Returns:
+        ``{"manifest": .../sweep.jsonl, "truth": .../truth.jsonl}``.
+
+    Raises:
+        ValueError: ``out_dir`` exists with a different spec or unrelated content.
+    """
+    build_once(out_dir, spec, lambda folder: _generate_sweep(folder, spec, progress), "sweep data")
+    return {"manifest": Path(out_dir) / "sweep.jsonl", "truth": Path(out_dir) / "truth.jsonl"}
