@@ -375,23 +375,29 @@ class Predictor:
     def _neighbours(
         self, read: list[list[tuple[Any, dict]]]
     ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
-        """Collated inputs of the samples' neighbours ``(b * k)``, sample-major, their
-        scores ``(b, k)`` and which are real ``(b, k)``: a sample with fewer than ``k``
-        readable neighbours is padded with copies of one it has (or, with none, of another
-        sample's), marked not present."""
+        """Collated inputs of the neighbours the model reads, sample-major, all samples'
+        scores ``(b, k)`` and which neighbours are read ``(b, k)``: not a sample's missing
+        ones (fewer than ``k`` readable), nor those the model finds not worth reading
+        (``worth_reading``). A sample with none readable reads another's first (its result
+        is replaced by an error)."""
         k = max(len(row) for row in read)
-        spare = next(row[0] for row in read if row)
-        items, scores, present = [], [], []
-        for row in read:
-            padded = row + [row[0] if row else spare] * (k - len(row))
-            items += [item for _, item in padded]
-            scores.append([hit.score for hit, _ in padded])
-            present.append([i < len(row) or not row for i in range(k)])
+        spare = next(row[:1] for row in read if row)
+        rows = [row or spare for row in read]
+        scores = torch.tensor([[h.score for h, _ in row] + [-1.0] * (k - len(row)) for row in rows])
+        present = torch.tensor([[i < len(row) for i in range(k)] for row in rows])
+        if hasattr(self.model, "worth_reading"):
+            present &= self.model.worth_reading(scores.masked_fill(~present, float("-inf")))
+        items = [
+            item
+            for row, keep in zip(rows, present.tolist(), strict=True)
+            for (_, item), kept in zip(row, keep, strict=False)
+            if kept
+        ]
         batch = Collate(self.modalities, self.preprocess, None)(items)
         return (
             move_data_to_device(batch["inputs"], self.device),
-            torch.tensor(scores).to(self.device),
-            torch.tensor(present).to(self.device),
+            scores.to(self.device),
+            present.to(self.device),
         )
 
     def _embed(self, batch: dict[str, Any]) -> list[dict[str, Any]]:

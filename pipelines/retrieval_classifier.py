@@ -81,6 +81,8 @@ class RetrievalClassifier(MultimodalClassifier):
         warm_start_steps: Inverse-cloze pre-training steps of the retriever on the corpus
             before the first training step (0: none).
         warm_start_lr: Learning rate (AdamW) of that pre-training.
+        min_weight: REALM, inference only: neighbours whose retrieval weight is below it
+            are not read (:meth:`worth_reading`; 0: read all ``k``).
         **kwargs: Any other :class:`MultimodalClassifier` argument.
     """
 
@@ -98,6 +100,7 @@ class RetrievalClassifier(MultimodalClassifier):
         neighbour_tokens: str = "pooled",
         warm_start_steps: int = 0,
         warm_start_lr: float = 1e-3,
+        min_weight: float = 1e-3,
         **kwargs: Any,
     ) -> None:
         super().__init__(encoders, backbone, class_names, **kwargs)
@@ -109,6 +112,7 @@ class RetrievalClassifier(MultimodalClassifier):
                 f">= 0; got {k}, {refresh_every_n_steps}, {temperature}, {warm_start_steps}"
             )
         self.warm_start_steps, self.warm_start_lr = warm_start_steps, warm_start_lr
+        self.min_weight = min_weight
         self.corpus, self.mode, self.retrieval_k = corpus, mode, k
         self.refresh_every_n_steps, self.temperature = refresh_every_n_steps, temperature
         self.retrieval_index = retrieval_index
@@ -317,37 +321,59 @@ class RetrievalClassifier(MultimodalClassifier):
 
         Args:
             inputs: The samples' collated inputs.
-            neighbours: Collated inputs of the ``b * k`` neighbours, sample-major.
+            neighbours: Collated inputs of the present neighbours, sample-major (all
+                ``b * k`` when ``present`` is None).
             scores: Retrieval scores ``(b, k)`` (REALM: with gradient to the query encoder).
-            present: ``(b, k)``, False where a neighbour is only padding (e.g. a retrieved
-                item that could not be read): it gets no weight and is not read. Each
-                sample needs at least one present neighbour.
+            present: ``(b, k)``, False where a sample has no neighbour to read (a
+                retrieved item that could not be read, or one not worth reading, see
+                :meth:`worth_reading`): it gets no weight and is not read. Each sample
+                needs at least one present neighbour.
         """
         b, k = scores.shape
-        if self.neighbour_tokens == "sequence":  # every fused position of each neighbour
-            seq = self.fused.fuse(neighbours)  # (b*k, m, d)
-            feats, mask = seq.features, seq.mask
-        else:  # one token per neighbour: its pooled vector
-            feats = self.fused(neighbours).pooled[:, None]  # (b*k, 1, d)
-            mask = torch.ones(b * k, 1, dtype=torch.bool, device=feats.device)
-        tag = self.retrieved_type + scores.detach().reshape(b * k, 1, 1) * self.score_embed
-        feats = feats + tag  # (b*k, m, d)
-        m = feats.shape[1]
-        if present is not None:
-            mask = mask & present.reshape(b * k, 1)
-            scores = scores.masked_fill(~present, float("-inf"))
+        if present is None:
+            present = torch.ones(b, k, dtype=torch.bool, device=scores.device)
+        feats, mask = self._neighbour_tokens(neighbours)  # (p, m, d), p present neighbours
+        tag = self.retrieved_type + scores.detach()[present].reshape(-1, 1, 1) * self.score_embed
+        feats = feats + tag
+        flat = present.flatten()
         fused = self.fused.fuse(inputs)
         if self.mode == "frozen":  # one read of the sample with all k neighbours
-            extra = FeatureSequence(feats.reshape(b, k * m, -1), mask.reshape(b, k * m))
+            m = feats.shape[1]
+            slots = feats.new_zeros(b * k, m, feats.shape[-1])
+            slots[flat] = feats
+            slot_mask = mask.new_zeros(b * k, m)
+            slot_mask[flat] = mask
+            extra = FeatureSequence(slots.reshape(b, k * m, -1), slot_mask.reshape(b, k * m))
             return self.head(self.fused.read(fused, extra).pooled)
-        # REALM: one read per neighbour, the batch repeated k times (sample-major).
-        rep = FeatureSequence(
-            *(t.repeat_interleave(k, 0) if t is not None else None for t in fused)
-        )  # (b*k, n, d)
+        # REALM: one read per present (sample, neighbour) pair.
+        owner = flat.nonzero().squeeze(1) // k  # (p,) the sample each pair belongs to
+        rep = FeatureSequence(*(t[owner] if t is not None else None for t in fused))
         read = self.fused.read(rep, FeatureSequence(feats, mask))
-        log_py = self.head(read.pooled).log_softmax(-1)  # (b*k, classes)
-        log_pz = (scores / self.temperature).log_softmax(-1)  # (b, k)
-        return torch.logsumexp(log_pz[..., None] + log_py.view(b, k, -1), dim=1)  # (b, classes)
+        log_py = self.head(read.pooled).log_softmax(-1)  # (p, classes)
+        slots = log_py.new_zeros(b * k, log_py.shape[-1])
+        slots[flat] = log_py
+        log_pz = (scores / self.temperature).masked_fill(~present, float("-inf"))
+        log_pz = log_pz.log_softmax(-1)  # (b, k)
+        return torch.logsumexp(log_pz[..., None] + slots.view(b, k, -1), dim=1)  # (b, classes)
+
+    def _neighbour_tokens(self, neighbours: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """What the backbone reads of each neighbour ``(p, m, d)`` and its mask ``(p, m)``."""
+        if self.neighbour_tokens == "sequence":  # every fused position of each neighbour
+            seq = self.fused.fuse(neighbours)
+            return seq.features, seq.mask
+        feats = self.fused(neighbours).pooled[:, None]  # one token: its pooled vector
+        return feats, torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)
+
+    def worth_reading(self, scores: Tensor) -> Tensor:
+        """``(b, k)``: the neighbours inference reads. REALM: those whose retrieval weight
+        (softmax of ``scores / temperature``) is at least ``min_weight``, and always the
+        first; dropping the others moves no class probability by more than their total
+        weight (at most ``k * min_weight``). Frozen: all (one read takes them together)."""
+        keep = torch.ones_like(scores, dtype=torch.bool)
+        if self.mode == "realm" and self.min_weight > 0:
+            keep = (scores / self.temperature).softmax(-1) >= self.min_weight
+            keep[:, 0] = True
+        return keep
 
     def forward(self, inputs: dict[str, Any], exclude: list[str] | None = None) -> Tensor:
         """Logits ``(b, classes)`` of the samples read with their ``k`` nearest corpus items."""

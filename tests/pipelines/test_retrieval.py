@@ -337,19 +337,31 @@ def test_a_retrieved_item_that_fails_to_decode_is_a_counted_skip(tmp_path):
                for r in records)  # fmt: skip
 
 
-def test_padding_neighbours_get_no_weight(tmp_path):
+@pytest.mark.parametrize("mode", ["realm", "frozen"])
+def test_absent_neighbours_are_not_read(mode, tmp_path):
     import torch
 
-    model = _tiny("realm", CORPUS, tmp_path, k=2).eval()
-    batch = _batch(["red sky"])
-    one = model._collated([0])
-    two = model._collated([0, 1])
-    scores = torch.tensor([[0.9, 0.5]])
+    model = _tiny(mode, CORPUS, tmp_path, k=2).eval()
+    batch = _batch(["red sky", "blue leaf"])
+    scores = torch.tensor([[0.9, 0.5], [0.8, 0.7]])
     with torch.no_grad():
-        alone = model.read_neighbours(batch["inputs"], one, scores[:, :1])
-        padded = model.read_neighbours(batch["inputs"], two, scores, torch.tensor([[True, False]]))
-        both = model.read_neighbours(batch["inputs"], two, scores)
-    assert torch.allclose(alone, padded, atol=1e-5) and not torch.allclose(alone, both)
+        alone = model.read_neighbours(batch["inputs"], model._collated([0, 2]), scores[:, :1])
+        absent = model.read_neighbours(batch["inputs"], model._collated([0, 2, 1]), scores,
+                                       torch.tensor([[True, False], [True, True]]))  # fmt: skip
+        both = model.read_neighbours(batch["inputs"], model._collated([0, 1, 2, 1]), scores)
+    assert torch.allclose(alone[0], absent[0], atol=1e-5)  # as if k were 1
+    assert torch.allclose(absent[1], both[1], atol=1e-5) and not torch.allclose(alone, both)
+
+
+def test_realm_inference_skips_neighbours_of_negligible_weight(tmp_path):
+    import torch
+
+    model = _tiny("realm", CORPUS, tmp_path, k=3)  # temperature 0.1, min_weight 1e-3
+    scores = torch.tensor([[0.9, 0.85, 0.1], [0.2, 0.2, 0.2], [0.1, -5.0, -5.0]])
+    assert model.worth_reading(scores).tolist() == [
+        [True, True, False], [True, True, True], [True, False, False]
+    ]  # fmt: skip
+    assert _tiny("frozen", CORPUS, tmp_path, k=3).worth_reading(scores).all()
 
 
 def test_warm_start_teaches_the_retriever_to_find_items_from_parts(tmp_path):
