@@ -53,6 +53,7 @@ from mmctx.data.manifest import (
 from mmctx.data.modalities import resolve_modalities
 from mmctx.data.paths import UNCONFINED
 from mmctx.errors import one_line, printable
+from mmctx.features import FeatureSequence
 from mmctx.index import ITEMS_FILE, VectorIndex, fingerprint
 from mmctx.io import Limits
 
@@ -188,6 +189,7 @@ class Predictor:
         self.retrieve_k = 0
         self.neighbours_skipped = 0  # retrieved items that could not be read, so not read
         self._neighbour_items: OrderedDict[str, Any] = OrderedDict()  # id -> item or error
+        self._neighbour_tokens: OrderedDict[str, Any] = OrderedDict()  # id -> (m, d), (m,)
         self._index_lines: dict[str, int] = {}
         self._index_folder = Path()
         named = getattr(model, "retrieval_index", None)  # the index a model was trained with
@@ -209,6 +211,7 @@ class Predictor:
         index.check_model(fingerprint(retriever_state(self.model)), fused.dim, folder)
         self.index, self.retrieve_k, self._index_folder = index, k, Path(folder)
         self._neighbour_items.clear()
+        self._neighbour_tokens.clear()
         self._index_lines = {key: line for line, key in enumerate(index.ids(), 1)}
 
     def set_limits(self, **limits: Any) -> None:
@@ -387,18 +390,40 @@ class Predictor:
         present = torch.tensor([[i < len(row) for i in range(k)] for row in rows])
         if hasattr(self.model, "worth_reading"):
             present &= self.model.worth_reading(scores.masked_fill(~present, float("-inf")))
-        items = [
-            item
+        read_now = [
+            pair
             for row, keep in zip(rows, present.tolist(), strict=True)
-            for (_, item), kept in zip(row, keep, strict=False)
+            for pair, kept in zip(row, keep, strict=False)
             if kept
         ]
-        batch = Collate(self.modalities, self.preprocess, None)(items)
-        return (
-            move_data_to_device(batch["inputs"], self.device),
-            scores.to(self.device),
-            present.to(self.device),
-        )
+        return self._encoded(read_now), scores.to(self.device), present.to(self.device)
+
+    def _encoded(self, pairs: list[tuple[Any, dict[str, Any]]]) -> Any:
+        """The model's tokens of retrieved items ``(p, m, d)`` (``encode_neighbours``),
+        each encoded once and kept (like the decoded items) for the next batches."""
+        cache = self._neighbour_tokens
+        new = {hit.id: item for hit, item in pairs if hit.id not in cache}
+        if new:
+            batch = Collate(self.modalities, self.preprocess, None)(list(new.values()))
+            inputs = move_data_to_device(batch["inputs"], self.device)
+            with torch.inference_mode():
+                seq = self.model.encode_neighbours(inputs)
+            for row, key in enumerate(new):
+                valid = seq.mask[row].nonzero()
+                length = int(valid.max()) + 1 if len(valid) else 1  # without trailing padding
+                cache[key] = (seq.features[row, :length], seq.mask[row, :length])
+        tokens = []
+        for hit, _ in pairs:
+            cache.move_to_end(hit.id)
+            tokens.append(cache[hit.id])
+        while len(cache) > NEIGHBOUR_CACHE:
+            cache.popitem(last=False)
+        m = max(len(mask) for _, mask in tokens)
+        features = torch.zeros(len(tokens), m, tokens[0][0].shape[-1], device=self.device)
+        mask = torch.zeros(len(tokens), m, dtype=torch.bool, device=self.device)
+        for row, (feats, valid) in enumerate(tokens):
+            features[row, : len(valid)], mask[row, : len(valid)] = feats, valid
+        return FeatureSequence(features, mask)
 
     def _embed(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
         vectors = self.query_vectors(batch["inputs"])

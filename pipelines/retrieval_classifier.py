@@ -312,7 +312,7 @@ class RetrievalClassifier(MultimodalClassifier):
     def read_neighbours(
         self,
         inputs: dict[str, Any],
-        neighbours: dict[str, Any],
+        neighbours: dict[str, Any] | FeatureSequence,
         scores: Tensor,
         present: Tensor | None = None,
     ) -> Tensor:
@@ -322,7 +322,8 @@ class RetrievalClassifier(MultimodalClassifier):
         Args:
             inputs: The samples' collated inputs.
             neighbours: Collated inputs of the present neighbours, sample-major (all
-                ``b * k`` when ``present`` is None).
+                ``b * k`` when ``present`` is None), or their :meth:`encode_neighbours`
+                (e.g. cached by ``mmctx infer``).
             scores: Retrieval scores ``(b, k)`` (REALM: with gradient to the query encoder).
             present: ``(b, k)``, False where a sample has no neighbour to read (a
                 retrieved item that could not be read, or one not worth reading, see
@@ -332,7 +333,9 @@ class RetrievalClassifier(MultimodalClassifier):
         b, k = scores.shape
         if present is None:
             present = torch.ones(b, k, dtype=torch.bool, device=scores.device)
-        feats, mask = self._neighbour_tokens(neighbours)  # (p, m, d), p present neighbours
+        if not isinstance(neighbours, FeatureSequence):
+            neighbours = self.encode_neighbours(neighbours)
+        feats, mask = neighbours.features, neighbours.mask  # (p, m, d), p present neighbours
         tag = self.retrieved_type + scores.detach()[present].reshape(-1, 1, 1) * self.score_embed
         feats = feats + tag
         flat = present.flatten()
@@ -356,13 +359,15 @@ class RetrievalClassifier(MultimodalClassifier):
         log_pz = log_pz.log_softmax(-1)  # (b, k)
         return torch.logsumexp(log_pz[..., None] + slots.view(b, k, -1), dim=1)  # (b, classes)
 
-    def _neighbour_tokens(self, neighbours: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        """What the backbone reads of each neighbour ``(p, m, d)`` and its mask ``(p, m)``."""
+    def encode_neighbours(self, neighbours: dict[str, Any]) -> FeatureSequence:
+        """What the backbone reads of each neighbour ``(p, m, d)``, with its mask ``(p, m)``."""
         if self.neighbour_tokens == "sequence":  # every fused position of each neighbour
             seq = self.fused.fuse(neighbours)
-            return seq.features, seq.mask
+            return FeatureSequence(seq.features, seq.mask)
         feats = self.fused(neighbours).pooled[:, None]  # one token: its pooled vector
-        return feats, torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)
+        return FeatureSequence(
+            feats, torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)
+        )
 
     def worth_reading(self, scores: Tensor) -> Tensor:
         """``(b, k)``: the neighbours inference reads. REALM: those whose retrieval weight

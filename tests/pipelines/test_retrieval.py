@@ -229,6 +229,8 @@ def test_retrieval_model_fits_indexes_and_infers_with_its_neighbours(tmp_path, c
         code = main([
             "fit", "--config", config, "--data.num_samples", "60",
             "--data.init_args.num_codes", "10", "--data.init_args.train_worlds", "2",
+            "--data.init_args.rounds", "2", "--model.init_args.warm_start_steps", "3",
+            "--trainer.check_val_every_n_epoch", "1",
             "--data.cache_dir", str(tmp_path / "data"), "--trainer.max_epochs", "1",
             "--trainer.enable_progress_bar", "false",
             "--trainer.default_root_dir", str(tmp_path / "runs"),
@@ -328,6 +330,9 @@ def test_a_retrieved_item_that_fails_to_decode_is_a_counted_skip(tmp_path):
         assert "bad.png" in skip and f"{tmp_path / 'idx' / 'items.jsonl'}, line 2" in skip
         assert all(np.isfinite(p) for _, p in record["top_k"])
     assert predictor.neighbours_skipped == 3  # once per sample that met it, decoded once
+    assert set(predictor._neighbour_tokens) == {"c-good1", "c-good2"}  # encoded once, kept
+    again = list(predictor.predict_rows(InputRows(queries, tmp_path), batch_size=3))
+    assert [r["top_k"] for r in again] == [r["top_k"] for r in records]
 
     # With only unreadable items, each sample is an error naming the file, not a crash.
     predictor.use_index(_index_of(predictor, rows[1:2], corpus, tmp_path / "bad"), k=1)
@@ -349,6 +354,9 @@ def test_absent_neighbours_are_not_read(mode, tmp_path):
         absent = model.read_neighbours(batch["inputs"], model._collated([0, 2, 1]), scores,
                                        torch.tensor([[True, False], [True, True]]))  # fmt: skip
         both = model.read_neighbours(batch["inputs"], model._collated([0, 1, 2, 1]), scores)
+        tokens = model.encode_neighbours(model._collated([0, 1, 2, 1]))  # as infer caches them
+        again = model.read_neighbours(batch["inputs"], tokens, scores)
+    assert torch.allclose(both, again, atol=1e-6)
     assert torch.allclose(alone[0], absent[0], atol=1e-5)  # as if k were 1
     assert torch.allclose(absent[1], both[1], atol=1e-5) and not torch.allclose(alone, both)
 
