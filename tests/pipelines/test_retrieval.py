@@ -388,6 +388,5 @@ def test_warm_start_teaches_the_retriever_to_find_items_from_parts(tmp_path):
 
     before = hits()
     found = model.warm_start_retriever(60, lr=3e-3)
-    print(before, found, hits())
     assert 0 < found <= 1 and hits() >= 0.9 > before
     assert all(not p.requires_grad for p in model.retriever.parameters())  # still frozen
