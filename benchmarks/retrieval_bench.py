@@ -1,13 +1,14 @@
-"""Retrieval index speed and recall: flat (exact) vs HNSW on random 256-d unit vectors.
+"""Retrieval index speed and recall: flat (exact), PQ + re-rank and HNSW on random 256-d vectors.
 
 For each corpus size: build throughput (vectors/s, all threads given by ``--build-threads``),
 single-query latency (median and p99 over ``--queries`` queries, one at a time, ONE thread)
-and HNSW recall@10 against the exact answer, for a few ``efSearch`` values. Queries are
+and recall@10 against the exact answer, for a few ``efSearch`` (HNSW) or ``rerank_factor``
+(PQ: how many times 10 code-scan hits are re-ranked exactly) values. Queries are
 corpus vectors plus noise (a query near some items, as in retrieval), not the items
 themselves. Uses :class:`mmctx.index.VectorIndex` exactly as ``mmctx index`` does. Prints a
 Markdown table and writes JSON.
 
-    python benchmarks/retrieval_bench.py --sizes 10000 100000 1000000 \
+    python benchmarks/retrieval_bench.py --sizes 10000 100000 1000000 --kinds flat pq \
         --out benchmarks/results/retrieval.json
 """
 
@@ -52,7 +53,7 @@ def bench_size(n: int, args: argparse.Namespace) -> list[dict]:
     rows: list[dict] = [{} for _ in range(n)]
     results = []
     exact = None
-    for kind in ("flat", "hnsw"):
+    for kind in ["flat", *(k for k in args.kinds if k != "flat")]:  # exact first: the truth
         if kind == "hnsw" and n > args.max_hnsw:
             continue
         faiss.omp_set_num_threads(args.build_threads)
@@ -60,20 +61,24 @@ def bench_size(n: int, args: argparse.Namespace) -> list[dict]:
         start = time.perf_counter()
         index.add(data, ids, rows)
         build = time.perf_counter() - start
-        for ef in [0] if kind == "flat" else args.ef_search:
-            if ef:
-                index.ef_search = ef
+        settings = {"flat": [0], "hnsw": args.ef_search, "pq": args.rerank}[kind]
+        for setting in settings:
+            if kind == "hnsw":
+                index.ef_search = setting
+            elif kind == "pq":
+                index.rerank_factor = setting
             found, lat = _latency(index, queries, 10)
             if kind == "flat":
                 exact = found
             recall = float(
                 np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact, strict=True)])
             )
-            row = {"n": n, "kind": kind, "ef_search": ef or None, "build_s": round(build, 2),
+            row = {"n": n, "kind": kind, "setting": setting or None, "build_s": round(build, 2),
                    "build_vec_per_s": round(n / build), **lat, "recall@10": recall}  # fmt: skip
             print(
-                f"| {n:>9,} | {kind:4} | {ef or '-':>4} | {build:8.1f} | {n / build:>10,.0f} | "
-                f"{lat['median_ms']:7.3f} | {lat['p99_ms']:7.3f} | {recall:.3f} |",
+                f"| {n:>9,} | {kind:4} | {setting or '-':>4} | {build:8.1f} | "
+                f"{n / build:>10,.0f} | {lat['median_ms']:7.3f} | {lat['p99_ms']:7.3f} | "
+                f"{recall:.3f} |",
                 flush=True,
             )
             results.append(row)
@@ -89,12 +94,16 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.5, help="query noise, per unit norm")
     parser.add_argument("--m", type=int, default=32, help="HNSW M")
     parser.add_argument("--efc", type=int, default=64, help="HNSW efConstruction")
+    parser.add_argument("--kinds", nargs="+", choices=["flat", "pq", "hnsw"],
+                        default=["flat", "pq", "hnsw"], help="index kinds (flat always runs)")  # fmt: skip
     parser.add_argument("--ef-search", type=int, nargs="+", default=[64, 128, 256, 512])
+    parser.add_argument("--rerank", type=int, nargs="+", default=[10, 20, 50],
+                        help="PQ rerank_factor values")  # fmt: skip
     parser.add_argument("--build-threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--max-hnsw", type=int, default=10**7, help="skip HNSW above this n")
     parser.add_argument("--out", default="benchmarks/results/retrieval.json")
     args = parser.parse_args()
-    print("|         n | kind |  ef  | build s  |  vectors/s | med ms  | p99 ms  | R@10  |")
+    print("|         n | kind | ef/rerank | build s  |  vectors/s | med ms  | p99 ms  | R@10  |")
     print("|----------:|------|-----:|---------:|-----------:|--------:|--------:|------:|")
     results = [r for n in args.sizes for r in bench_size(n, args)]
     out = Path(args.out)

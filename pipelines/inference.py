@@ -28,6 +28,7 @@ import os
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
@@ -52,13 +53,15 @@ from mmctx.data.manifest import (
 from mmctx.data.modalities import resolve_modalities
 from mmctx.data.paths import UNCONFINED
 from mmctx.errors import one_line, printable
-from mmctx.index import IndexMismatchError, VectorIndex, fingerprint
+from mmctx.features import FeatureSequence
+from mmctx.index import ITEMS_FILE, VectorIndex, fingerprint
 from mmctx.io import Limits
 
 log = logging.getLogger(__name__)
 
 # Folder inputs: files are grouped into samples by stem, and a file's modality is chosen by
 # its extension (its content is still what decides how it is decoded).
+NEIGHBOUR_CACHE = 4096  # decoded retrieved items a Predictor keeps (least recently used go)
 FOLDER_EXTENSIONS = {
     "image": (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"),
     "audio": (".wav", ".flac", ".ogg"),
@@ -184,6 +187,11 @@ class Predictor:
         self._manifest_keys = [k for m in known_modalities(self.modalities) for k in m.keys]
         self.index: VectorIndex | None = None
         self.retrieve_k = 0
+        self.neighbours_skipped = 0  # retrieved items that could not be read, so not read
+        self._neighbour_items: OrderedDict[str, Any] = OrderedDict()  # id -> item or error
+        self._neighbour_tokens: OrderedDict[str, Any] = OrderedDict()  # id -> (m, d), (m,)
+        self._index_lines: dict[str, int] = {}
+        self._index_folder = Path()
         named = getattr(model, "retrieval_index", None)  # the index a model was trained with
         if named:
             self.use_index(named, int(getattr(model, "retrieval_k", 4)))
@@ -191,7 +199,7 @@ class Predictor:
     def use_index(self, folder: str | os.PathLike[str], k: int = 5) -> None:
         """Retrieve the ``k`` nearest items of every sample from the index in ``folder``
         (records list them as ``retrieved: [[id, score], ...]``); a model that reads
-        neighbours (``forward_retrieved``) also predicts from them.
+        neighbours (``read_neighbours``) also predicts from them.
 
         Raises:
             IndexMismatchError: The index is missing, or built by another model or width.
@@ -201,7 +209,10 @@ class Predictor:
         index = VectorIndex.load(folder)
         fused = self.model.fused
         index.check_model(fingerprint(retriever_state(self.model)), fused.dim, folder)
-        self.index, self.retrieve_k = index, k
+        self.index, self.retrieve_k, self._index_folder = index, k, Path(folder)
+        self._neighbour_items.clear()
+        self._neighbour_tokens.clear()
+        self._index_lines = {key: line for line, key in enumerate(index.ids(), 1)}
 
     def set_limits(self, **limits: Any) -> None:
         """Change decode limits (``max_image_pixels``, ``max_audio_seconds``, ...; see
@@ -318,26 +329,101 @@ class Predictor:
             pooled = retriever_of(self.model)(inputs).pooled.float()
         return torch.nn.functional.normalize(pooled, dim=-1).cpu()
 
-    def _neighbours(self, hits: list[list[Any]]) -> tuple[dict[str, Any], torch.Tensor]:
-        """Collated inputs of the retrieved items ``(b * k)``, sample-major, and their
-        scores ``(b, k)``; rows' paths start from the index's ``base`` folder."""
-        k = min(len(h) for h in hits)
-        if k == 0:
-            raise IndexMismatchError("the index holds no items to retrieve")
-        base = Path(self.index.base)
-        flat = [h for row in hits for h in row[:k]]
-        samples = [
-            parse_row(h.row, i + 1, base, modalities=self.modalities, check_labels=False)
-            for i, h in enumerate(flat)
+    def _neighbour_item(self, hit: Any) -> dict[str, Any] | str:
+        """A retrieved item decoded (kept for the next :data:`NEIGHBOUR_CACHE` look-ups of
+        other items), or why it cannot be read: its line in the index's ``items.jsonl``,
+        its file and the cause. Its relative paths start from the index's ``base``."""
+        cached = self._neighbour_items.get(hit.id)
+        if cached is not None:
+            self._neighbour_items.move_to_end(hit.id)
+            return cached
+        line = self._index_lines.get(hit.id, 0)
+        try:
+            sample = parse_row(
+                hit.row, line, Path(self.index.base), modalities=self.modalities,
+                check_labels=False,
+            )  # fmt: skip
+            item: Any = ManifestDataset([sample], None, self.modalities, self.preprocess)[0]
+            if not isinstance(item, SampleError) and not item["inputs"]:
+                item = SampleError(f"sample {hit.id!r}: {self._unread(sample)}")
+        except Exception as err:  # noqa: BLE001 - one retrieved item never ends the run
+            item = SampleError(row_cause(err))
+        if isinstance(item, SampleError):
+            item = f"retrieved item ({self._index_folder / ITEMS_FILE}, line {line}): {item}"
+        self._neighbour_items[hit.id] = item
+        if len(self._neighbour_items) > NEIGHBOUR_CACHE:
+            self._neighbour_items.popitem(last=False)
+        return item
+
+    def _read_hits(self, hits: list[list[Any]]) -> tuple[list[list[tuple[Any, dict]]], list]:
+        """Per sample, its first ``retrieve_k`` readable hits with their decoded items, and
+        the errors of the hits skipped before them (each one counted in
+        ``neighbours_skipped``)."""
+        read, skipped = [], []
+        for row in hits:
+            good, bad = [], []
+            for hit in row:
+                if len(good) == self.retrieve_k:
+                    break
+                item = self._neighbour_item(hit)
+                if isinstance(item, str):
+                    bad.append(item)
+                else:
+                    good.append((hit, item))
+            self.neighbours_skipped += len(bad)
+            read.append(good)
+            skipped.append(bad)
+        return read, skipped
+
+    def _neighbours(
+        self, read: list[list[tuple[Any, dict]]]
+    ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+        """Collated inputs of the neighbours the model reads, sample-major, all samples'
+        scores ``(b, k)`` and which neighbours are read ``(b, k)``: not a sample's missing
+        ones (fewer than ``k`` readable), nor those the model finds not worth reading
+        (``worth_reading``). A sample with none readable reads another's first (its result
+        is replaced by an error)."""
+        k = max(len(row) for row in read)
+        spare = next(row[:1] for row in read if row)
+        rows = [row or spare for row in read]
+        scores = torch.tensor([[h.score for h, _ in row] + [-1.0] * (k - len(row)) for row in rows])
+        present = torch.tensor([[i < len(row) for i in range(k)] for row in rows])
+        if hasattr(self.model, "worth_reading"):
+            present &= self.model.worth_reading(scores.masked_fill(~present, float("-inf")))
+        read_now = [
+            pair
+            for row, keep in zip(rows, present.tolist(), strict=True)
+            for pair, kept in zip(row, keep, strict=False)
+            if kept
         ]
-        dataset = ManifestDataset(samples, None, self.modalities, self.preprocess)
-        items = [dataset[i] for i in range(len(dataset))]
-        bad = [str(it) for it in items if isinstance(it, SampleError)]
-        if bad:
-            raise IndexMismatchError(f"{base}: a retrieved item cannot be read: {bad[0]}")
-        batch = Collate(self.modalities, self.preprocess, None)(items)
-        scores = torch.tensor([[h.score for h in row[:k]] for row in hits])
-        return move_data_to_device(batch["inputs"], self.device), scores.to(self.device)
+        return self._encoded(read_now), scores.to(self.device), present.to(self.device)
+
+    def _encoded(self, pairs: list[tuple[Any, dict[str, Any]]]) -> Any:
+        """The model's tokens of retrieved items ``(p, m, d)`` (``encode_neighbours``),
+        each encoded once and kept (like the decoded items) for the next batches."""
+        cache = self._neighbour_tokens
+        new = {hit.id: item for hit, item in pairs if hit.id not in cache}
+        if new:
+            batch = Collate(self.modalities, self.preprocess, None)(list(new.values()))
+            inputs = move_data_to_device(batch["inputs"], self.device)
+            with torch.inference_mode():
+                seq = self.model.encode_neighbours(inputs)
+            for row, key in enumerate(new):
+                valid = seq.mask[row].nonzero()
+                length = int(valid.max()) + 1 if len(valid) else 1  # without trailing padding
+                cache[key] = (seq.features[row, :length], seq.mask[row, :length])
+        tokens = []
+        for hit, _ in pairs:
+            cache.move_to_end(hit.id)
+            tokens.append(cache[hit.id])
+        while len(cache) > NEIGHBOUR_CACHE:
+            cache.popitem(last=False)
+        m = max(len(mask) for _, mask in tokens)
+        features = torch.zeros(len(tokens), m, tokens[0][0].shape[-1], device=self.device)
+        mask = torch.zeros(len(tokens), m, dtype=torch.bool, device=self.device)
+        for row, (feats, valid) in enumerate(tokens):
+            features[row, : len(valid)], mask[row, : len(valid)] = feats, valid
+        return FeatureSequence(features, mask)
 
     def _embed(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
         vectors = self.query_vectors(batch["inputs"])
@@ -430,14 +516,22 @@ class Predictor:
     def _classify(self, batch: dict[str, Any], top_k: int) -> list[dict[str, Any]]:
         """Records' results for a collated batch; a row whose logits are not all finite
         gets ``status: "error"`` instead of NaN probabilities."""
-        hits = None
-        if self.index is not None:
-            hits = self.index.search(self.query_vectors(batch["inputs"]), self.retrieve_k)
+        hits, skipped, unread = None, None, None
+        reads = hasattr(self.model, "read_neighbours")
+        if self.index is not None:  # twice k: spares for retrieved items that cannot be read
+            k = self.retrieve_k
+            found = self.index.search(self.query_vectors(batch["inputs"]), 2 * k if reads else k)
+            if reads:
+                hits, skipped = self._read_hits(found)
+            else:  # only listed, not read
+                hits, skipped = [[(h, None) for h in row] for row in found], [[]] * len(found)
+            unread = [reads and not row for row in hits]
         inputs = move_data_to_device(batch["inputs"], self.device)
         with self._lock, torch.inference_mode():
-            if hits is not None and hasattr(self.model, "read_neighbours"):
-                neighbours, scores = self._neighbours(hits)
-                logits = self.model.read_neighbours(inputs, neighbours, scores).float()
+            if hits is not None and reads:
+                if all(unread):  # no sample has a neighbour the model can read
+                    return [_unread_neighbours(errors) for errors in skipped]
+                logits = self.model.read_neighbours(inputs, *self._neighbours(hits)).float()
             else:
                 logits = self.model(inputs).float()
         finite = torch.isfinite(logits).all(dim=-1).cpu()  # (b,)
@@ -447,6 +541,9 @@ class Predictor:
         values, indices = probs.topk(k, dim=-1)
         results = []
         for row in range(len(probs)):
+            if unread is not None and unread[row]:
+                results.append(_unread_neighbours(skipped[row]))
+                continue
             if not finite[row]:
                 error = "model output is not finite (NaN or infinite logits)"
                 results.append({"status": "error", "error": error})
@@ -464,8 +561,16 @@ class Predictor:
             used = [m for m, flags in batch["present"].items() if bool(flags[row])]
             results.append({"status": "ok", "label": label, "top_k": ranked, "modalities": used})
             if hits is not None:
-                results[-1]["retrieved"] = [[h.id, round(h.score, 6)] for h in hits[row]]
+                results[-1]["retrieved"] = [[h.id, round(h.score, 6)] for h, _ in hits[row]]
+                if skipped[row]:
+                    results[-1]["retrieval_skipped"] = skipped[row]
         return results
+
+
+def _unread_neighbours(errors: list[str]) -> dict[str, Any]:
+    """The result of a sample none of whose retrieved items could be read."""
+    first = errors[0] if errors else "the index returned no items"
+    return {"status": "error", "error": f"no retrieved item could be read; first: {first}"}
 
 
 def retriever_state(model: torch.nn.Module) -> dict[str, Any]:
@@ -488,7 +593,7 @@ def _where(record: dict[str, Any]) -> str:
 def _ordered(record: dict[str, Any]) -> dict[str, Any]:
     keys = ("line", "id", "status", "label", "top_k", "modalities", "error")
     out = {k: record.get(k) for k in keys}
-    for extra in ("retrieved", "vector"):  # with an index; when embedding
+    for extra in ("retrieved", "retrieval_skipped", "vector"):  # with an index; embedding
         if extra in record:
             out[extra] = record[extra]
     return out
@@ -713,6 +818,11 @@ def infer_main(argv: list[str]) -> int:
     )
     if inputs.ignored:  # each item one line, whatever the names hold
         summary += f"\n  ignored in the folder: {one_line(', '.join(inputs.ignored))}"
+    if predictor.neighbours_skipped:
+        summary += (
+            f"\n  {predictor.neighbours_skipped} retrieved items could not be read and were "
+            "skipped (listed per record under retrieval_skipped)"
+        )
     if first_error:
         summary += f"\n  first error: {one_line(first_error)}"
     print(summary, file=sys.stderr)

@@ -174,13 +174,14 @@ def search_index(
 INDEX_HELP = """\
 Retrieval indexes: a corpus (any manifest) embedded by a trained model.
 
-  mmctx index build  --ckpt MODEL.ckpt --manifest corpus.jsonl --out INDEX/ [--kind auto|flat|hnsw]
+  mmctx index build  --ckpt MODEL.ckpt --manifest corpus.jsonl --out INDEX/ [--kind auto|flat|pq|hnsw]
   mmctx index add    INDEX/ --ckpt MODEL.ckpt --manifest more.jsonl
   mmctx index remove INDEX/ ID [ID ...]
   mmctx index search INDEX/ --ckpt MODEL.ckpt --text ... --image ... --audio ... -k 5
 
 Each item is the model's pooled fused vector (L2-normalised) in a faiss index: exact
-(IndexFlatIP) up to 20,000 items, HNSW above (--kind sets it). A row that cannot be
+(flat) up to 20,000 items, above that pq (4-bit product-quantised codes scanned, the best
+candidates re-ranked exactly; needs >= 256 items); hnsw (a graph) on request. --kind sets it. A row that cannot be
 embedded is reported with its line and cause and skipped. The index records a fingerprint
 of the model that built it; using it with another model is refused.
 """

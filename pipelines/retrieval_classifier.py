@@ -15,6 +15,15 @@ backbone reads query and neighbours together.
   recomputed every ``refresh_every_n_steps`` optimizer steps (cost: one forward pass over the
   whole corpus, no gradient, each refresh).
 
+A retriever that starts from random weights rarely puts the right item among the ``k``
+it returns, and then the reader learns to ignore its neighbours (REALM's cold start).
+``warm_start_steps`` pre-trains the retriever before the first step by the inverse cloze
+task (Lee et al. 2019, REALM's warm start): a corrupted view of each corpus item (half its
+words deleted; with several modalities, a random non-empty subset of them) must find its
+own item among the others of a batch of corpus items (in-batch softmax, contrastive). It
+uses the corpus alone, no labels; cost: ``warm_start_steps`` forward and backward passes
+over two batches of corpus items, once per fit.
+
 In training, neighbours are found by exact inner product over the corpus embeddings held in
 memory (the corpus is decoded once per stage and kept). At inference, ``mmctx infer
 --index`` uses a faiss index built by ``mmctx index build`` from the same checkpoint.
@@ -29,9 +38,11 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -41,6 +52,7 @@ from mmctx.data.manifest import iter_rows, parse_row
 from mmctx.encoders import ModalityEncoder
 from mmctx.features import FeatureSequence
 from mmctx.nn.backbones import FusionBackbone
+from mmctx.transforms.text import WordDeletion
 
 from .classifier import MultimodalClassifier
 
@@ -66,6 +78,11 @@ class RetrievalClassifier(MultimodalClassifier):
         neighbour_tokens: What of a neighbour the backbone reads: ``"pooled"`` (its pooled
             vector, one token) or ``"sequence"`` (its whole fused sequence, before the
             backbone).
+        warm_start_steps: Inverse-cloze pre-training steps of the retriever on the corpus
+            before the first training step (0: none).
+        warm_start_lr: Learning rate (AdamW) of that pre-training.
+        min_weight: REALM, inference only: neighbours whose retrieval weight is below it
+            are not read (:meth:`worth_reading`; 0: read all ``k``).
         **kwargs: Any other :class:`MultimodalClassifier` argument.
     """
 
@@ -81,16 +98,21 @@ class RetrievalClassifier(MultimodalClassifier):
         temperature: float = 0.1,
         retrieval_index: str | None = None,
         neighbour_tokens: str = "pooled",
+        warm_start_steps: int = 0,
+        warm_start_lr: float = 1e-3,
+        min_weight: float = 1e-3,
         **kwargs: Any,
     ) -> None:
         super().__init__(encoders, backbone, class_names, **kwargs)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if k < 1 or refresh_every_n_steps < 0 or temperature <= 0:
+        if k < 1 or refresh_every_n_steps < 0 or temperature <= 0 or warm_start_steps < 0:
             raise ValueError(
-                f"need k >= 1, refresh_every_n_steps >= 0, temperature > 0; got {k}, "
-                f"{refresh_every_n_steps}, {temperature}"
+                "need k >= 1, refresh_every_n_steps >= 0, temperature > 0, warm_start_steps "
+                f">= 0; got {k}, {refresh_every_n_steps}, {temperature}, {warm_start_steps}"
             )
+        self.warm_start_steps, self.warm_start_lr = warm_start_steps, warm_start_lr
+        self.min_weight = min_weight
         self.corpus, self.mode, self.retrieval_k = corpus, mode, k
         self.refresh_every_n_steps, self.temperature = refresh_every_n_steps, temperature
         self.retrieval_index = retrieval_index
@@ -150,7 +172,9 @@ class RetrievalClassifier(MultimodalClassifier):
 
     def _collated(self, rows: list[int]) -> dict[str, Any]:
         corpus = self._corpus
-        batch = corpus["collate"]([corpus["items"][i] for i in rows])
+        return self._to_device(corpus["collate"]([corpus["items"][i] for i in rows]))
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         from lightning.fabric.utilities import move_data_to_device
 
         return move_data_to_device(batch["inputs"], self.device)
@@ -179,6 +203,11 @@ class RetrievalClassifier(MultimodalClassifier):
         if self._corpus is None or self._corpus["source"] != str(manifest):
             self.load_corpus(manifest, dm.modality_handlers, pre)
 
+    def on_fit_start(self) -> None:
+        if self.warm_start_steps and self.global_step == 0:  # not again when resuming
+            self._use_corpus("train")
+            self.warm_start_retriever(self.warm_start_steps, lr=self.warm_start_lr)
+
     def on_train_epoch_start(self) -> None:
         self._use_corpus("train")
 
@@ -199,6 +228,63 @@ class RetrievalClassifier(MultimodalClassifier):
         n = self.refresh_every_n_steps
         if self.mode == "realm" and n and self.global_step and self.global_step % n == 0:
             self.refresh_corpus()
+
+    # -- the retriever's warm start ----------------------------------------------------------
+
+    def warm_start_retriever(
+        self, steps: int, batch_size: int = 64, lr: float = 1e-3, seed: int = 0
+    ) -> float:
+        """Inverse-cloze pre-training of the retriever on the loaded corpus; returns the
+        fraction of the last step's views that found their own item first.
+
+        Each step draws ``batch_size`` corpus items; a corrupted view of each
+        (:meth:`cloze_view`) is embedded as a query and must score its own item above the
+        batch's other items (cross-entropy over ``view @ items.T / temperature``).
+        """
+        self._ensure_corpus_loaded()
+        retriever = self.retriever if self.retriever is not None else self.fused
+        trainable = {p: p.requires_grad for p in retriever.parameters()}
+        retriever.requires_grad_(True)
+        optimizer = torch.optim.AdamW(retriever.parameters(), lr=lr)
+        rng = np.random.default_rng(seed)
+        items, was = self._corpus["items"], retriever.training
+        retriever.train()
+        found = math.nan
+        for step in range(steps):
+            rows = rng.choice(len(items), size=min(batch_size, len(items)), replace=False)
+            views = self._to_device(
+                self._corpus["collate"]([self.cloze_view(items[i], rng) for i in rows])
+            )
+            query = F.normalize(retriever(views).pooled.float(), dim=-1)  # (b, d)
+            keys = F.normalize(retriever(self._collated(rows.tolist())).pooled.float(), dim=-1)
+            scores = query @ keys.T / self.temperature  # (b, b)
+            target = torch.arange(len(rows), device=scores.device)
+            loss = F.cross_entropy(scores, target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            found = float((scores.argmax(-1) == target).float().mean())
+            if step % 50 == 0 or step == steps - 1:
+                log.info("retriever warm start %d/%d: loss %.3f, found %.2f", step + 1,
+                         steps, loss.item(), found)  # fmt: skip
+        retriever.train(was)
+        for p, flag in trainable.items():
+            p.requires_grad_(flag)
+        self.refresh_corpus()
+        return found
+
+    @staticmethod
+    def cloze_view(item: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """A corrupted copy of a decoded corpus item: half its text's words deleted and,
+        when it has several modalities, only a random non-empty subset of them."""
+        inputs = dict(item["inputs"])
+        if len(inputs) > 1:
+            names = list(inputs)
+            keep = [n for n in names if rng.random() < 0.5] or [str(rng.choice(names))]
+            inputs = {n: inputs[n] for n in keep}
+        if isinstance(inputs.get("text"), str):
+            inputs["text"] = WordDeletion(rate=0.5, p=1.0)(inputs["text"], rng)
+        return {**item, "inputs": inputs}
 
     # -- retrieval and reading -------------------------------------------------------------
 
@@ -224,38 +310,75 @@ class RetrievalClassifier(MultimodalClassifier):
         return idx, top
 
     def read_neighbours(
-        self, inputs: dict[str, Any], neighbours: dict[str, Any], scores: Tensor
+        self,
+        inputs: dict[str, Any],
+        neighbours: dict[str, Any] | FeatureSequence,
+        scores: Tensor,
+        present: Tensor | None = None,
     ) -> Tensor:
         """Logits ``(b, classes)`` (REALM: marginal log-probabilities) of the samples read
         with their neighbours.
 
         Args:
             inputs: The samples' collated inputs.
-            neighbours: Collated inputs of the ``b * k`` neighbours, sample-major.
+            neighbours: Collated inputs of the present neighbours, sample-major (all
+                ``b * k`` when ``present`` is None), or their :meth:`encode_neighbours`
+                (e.g. cached by ``mmctx infer``).
             scores: Retrieval scores ``(b, k)`` (REALM: with gradient to the query encoder).
+            present: ``(b, k)``, False where a sample has no neighbour to read (a
+                retrieved item that could not be read, or one not worth reading, see
+                :meth:`worth_reading`): it gets no weight and is not read. Each sample
+                needs at least one present neighbour.
         """
         b, k = scores.shape
-        if self.neighbour_tokens == "sequence":  # every fused position of each neighbour
-            seq = self.fused.fuse(neighbours)  # (b*k, m, d)
-            feats, mask = seq.features, seq.mask
-        else:  # one token per neighbour: its pooled vector
-            feats = self.fused(neighbours).pooled[:, None]  # (b*k, 1, d)
-            mask = torch.ones(b * k, 1, dtype=torch.bool, device=feats.device)
-        tag = self.retrieved_type + scores.detach().reshape(b * k, 1, 1) * self.score_embed
-        feats = feats + tag  # (b*k, m, d)
-        m = feats.shape[1]
+        if present is None:
+            present = torch.ones(b, k, dtype=torch.bool, device=scores.device)
+        if not isinstance(neighbours, FeatureSequence):
+            neighbours = self.encode_neighbours(neighbours)
+        feats, mask = neighbours.features, neighbours.mask  # (p, m, d), p present neighbours
+        tag = self.retrieved_type + scores.detach()[present].reshape(-1, 1, 1) * self.score_embed
+        feats = feats + tag
+        flat = present.flatten()
         fused = self.fused.fuse(inputs)
         if self.mode == "frozen":  # one read of the sample with all k neighbours
-            extra = FeatureSequence(feats.reshape(b, k * m, -1), mask.reshape(b, k * m))
+            m = feats.shape[1]
+            slots = feats.new_zeros(b * k, m, feats.shape[-1])
+            slots[flat] = feats
+            slot_mask = mask.new_zeros(b * k, m)
+            slot_mask[flat] = mask
+            extra = FeatureSequence(slots.reshape(b, k * m, -1), slot_mask.reshape(b, k * m))
             return self.head(self.fused.read(fused, extra).pooled)
-        # REALM: one read per neighbour, the batch repeated k times (sample-major).
-        rep = FeatureSequence(
-            *(t.repeat_interleave(k, 0) if t is not None else None for t in fused)
-        )  # (b*k, n, d)
+        # REALM: one read per present (sample, neighbour) pair.
+        owner = flat.nonzero().squeeze(1) // k  # (p,) the sample each pair belongs to
+        rep = FeatureSequence(*(t[owner] if t is not None else None for t in fused))
         read = self.fused.read(rep, FeatureSequence(feats, mask))
-        log_py = self.head(read.pooled).log_softmax(-1)  # (b*k, classes)
-        log_pz = (scores / self.temperature).log_softmax(-1)  # (b, k)
-        return torch.logsumexp(log_pz[..., None] + log_py.view(b, k, -1), dim=1)  # (b, classes)
+        log_py = self.head(read.pooled).log_softmax(-1)  # (p, classes)
+        slots = log_py.new_zeros(b * k, log_py.shape[-1])
+        slots[flat] = log_py
+        log_pz = (scores / self.temperature).masked_fill(~present, float("-inf"))
+        log_pz = log_pz.log_softmax(-1)  # (b, k)
+        return torch.logsumexp(log_pz[..., None] + slots.view(b, k, -1), dim=1)  # (b, classes)
+
+    def encode_neighbours(self, neighbours: dict[str, Any]) -> FeatureSequence:
+        """What the backbone reads of each neighbour ``(p, m, d)``, with its mask ``(p, m)``."""
+        if self.neighbour_tokens == "sequence":  # every fused position of each neighbour
+            seq = self.fused.fuse(neighbours)
+            return FeatureSequence(seq.features, seq.mask)
+        feats = self.fused(neighbours).pooled[:, None]  # one token: its pooled vector
+        return FeatureSequence(
+            feats, torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)
+        )
+
+    def worth_reading(self, scores: Tensor) -> Tensor:
+        """``(b, k)``: the neighbours inference reads. REALM: those whose retrieval weight
+        (softmax of ``scores / temperature``) is at least ``min_weight``, and always the
+        first; dropping the others moves no class probability by more than their total
+        weight (at most ``k * min_weight``). Frozen: all (one read takes them together)."""
+        keep = torch.ones_like(scores, dtype=torch.bool)
+        if self.mode == "realm" and self.min_weight > 0:
+            keep = (scores / self.temperature).softmax(-1) >= self.min_weight
+            keep[:, 0] = True
+        return keep
 
     def forward(self, inputs: dict[str, Any], exclude: list[str] | None = None) -> Tensor:
         """Logits ``(b, classes)`` of the samples read with their ``k`` nearest corpus items."""

@@ -55,8 +55,8 @@ def test_auto_kind_by_size(monkeypatch):
     monkeypatch.setattr(mmctx.index, "FLAT_MAX", 4)
     small, large = VectorIndex(dim=8), VectorIndex(dim=8)
     small.add(_axes(3), ["a", "b", "c"])
-    large.add(_axes(6), list("abcdef"))
-    assert (small.kind, large.kind) == ("flat", "hnsw")
+    large.add(np.random.default_rng(0).standard_normal((300, 8)), [str(i) for i in range(300)])
+    assert (small.kind, large.kind) == ("flat", "pq")
 
 
 def test_refused_inputs():
@@ -96,3 +96,33 @@ def test_fingerprint_follows_the_weights():
     assert fingerprint(a) == fingerprint({"w": torch.ones(2, 2)})
     assert fingerprint(a) != fingerprint({"w": torch.ones(2, 2) * 2})
     assert np.allclose(np.linalg.norm(normalise(np.ones((3, 5))), axis=1), 1.0)
+
+
+def test_pq_index_re_ranks_to_the_exact_neighbours(tmp_path):
+    """With a shortlist of rerank_factor * k codes re-ranked exactly, PQ finds what exact
+    search finds; removing rebuilds it; too few vectors to learn codes from are refused."""
+    rng = np.random.default_rng(1)
+    data = rng.standard_normal((400, 16)).astype(np.float32)
+    queries = data[:20] + 0.1 * rng.standard_normal((20, 16)).astype(np.float32)
+    ids = [f"v{i}" for i in range(400)]
+    flat, pq = VectorIndex(dim=16, kind="flat"), VectorIndex(dim=16, kind="pq", rerank_factor=20)
+    flat.add(data, ids)
+    pq.add(data, ids)
+    assert pq.pq_m == 8
+
+    def top(index: VectorIndex) -> list[list[str]]:
+        return [[h.id for h in hits] for hits in index.search(queries, k=3)]
+
+    assert top(pq) == top(flat) and all(t[0] == f"v{i}" for i, t in enumerate(top(pq)))
+    assert pq.search(queries[:1], k=1)[0][0].score == pytest.approx(
+        flat.search(queries[:1], k=1)[0][0].score, abs=1e-5
+    )  # re-ranked with the full vectors: exact scores
+    pq.remove(["v0"])
+    flat.remove(["v0"])
+    assert top(pq) == top(flat) and "v0" not in sum(top(pq), [])
+    pq.save(tmp_path / "pq")
+    again = VectorIndex.load(tmp_path / "pq")
+    assert (again.kind, again.pq_m, again.rerank_factor) == ("pq", 8, 20)
+    assert top(again) == top(flat)
+    with pytest.raises(ValueError, match=">= 256 vectors"):
+        VectorIndex(dim=16, kind="pq").add(data[:10], ids[:10])

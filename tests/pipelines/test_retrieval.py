@@ -229,6 +229,8 @@ def test_retrieval_model_fits_indexes_and_infers_with_its_neighbours(tmp_path, c
         code = main([
             "fit", "--config", config, "--data.num_samples", "60",
             "--data.init_args.num_codes", "10", "--data.init_args.train_worlds", "2",
+            "--data.init_args.rounds", "2", "--model.init_args.warm_start_steps", "3",
+            "--trainer.check_val_every_n_epoch", "1",
             "--data.cache_dir", str(tmp_path / "data"), "--trainer.max_epochs", "1",
             "--trainer.enable_progress_bar", "false",
             "--trainer.default_root_dir", str(tmp_path / "runs"),
@@ -271,3 +273,120 @@ def test_codeword_rounds_keep_the_queries_and_redraw_the_mapping(tmp_path):
         world, code = row["text"].split()[1], next(w for w in row["text"].split() if any(
             key == f"{row['text'].split()[1]}-{w}" for key in means))  # fmt: skip
         assert means[f"{world}-{code}"] == digits[row["label"]]
+
+
+def _image_reader(tmp_path: Path):
+    """A tiny text + image RetrievalClassifier in a Predictor, and a corpus of three items
+    (text + PNG image) whose item "c-bad" has a corrupt image file."""
+    import torch
+    from PIL import Image
+
+    from mmctx.encoders import ImageCNNEncoder, TextTransformerEncoder
+    from mmctx.nn.backbones import TransformerBackbone
+    from mmctx.pipelines import RetrievalClassifier
+    from mmctx.pipelines.inference import Predictor
+
+    torch.manual_seed(0)
+    model = RetrievalClassifier(
+        {"text": TextTransformerEncoder(dim=16, depth=1, heads=2, max_tokens=16),
+         "image": ImageCNNEncoder(16, in_channels=3, width=4)},
+        TransformerBackbone(dim=16, depth=1, heads=2), class_names=["a", "b"], mode="realm",
+    )  # fmt: skip
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("good1", "good2"):
+        Image.new("RGB", (8, 8), (200, 30, 30)).save(corpus / f"{name}.png")
+    (corpus / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4)
+    rows = [{"id": f"c-{n}", "text": f"item {n}", "image": f"{n}.png"}
+            for n in ("good1", "bad", "good2")]  # fmt: skip
+    predictor = Predictor(model, {"modalities": ["text", "image"]}, device="cpu")
+    return predictor, rows, corpus
+
+
+def _index_of(predictor, rows: list[dict], corpus: Path, folder: Path) -> Path:
+    from mmctx.index import fingerprint
+    from mmctx.pipelines.inference import retriever_state
+
+    model = predictor.model
+    index = VectorIndex(dim=16, kind="flat", base=str(corpus),
+                        model={"fingerprint": fingerprint(retriever_state(model))})  # fmt: skip
+    index.add(np.random.default_rng(0).standard_normal((len(rows), 16)),
+              [r["id"] for r in rows], rows)  # fmt: skip
+    index.save(folder)
+    return folder
+
+
+def test_a_retrieved_item_that_fails_to_decode_is_a_counted_skip(tmp_path):
+    from mmctx.pipelines.inference import InputRows
+
+    predictor, rows, corpus = _image_reader(tmp_path)
+    predictor.use_index(_index_of(predictor, rows, corpus, tmp_path / "idx"), k=2)
+    queries = [(i + 1, {"id": f"q{i}", "text": t}) for i, t in enumerate(["item", "red", "x"])]
+    records = list(predictor.predict_rows(InputRows(queries, tmp_path), batch_size=3))
+    assert [r["status"] for r in records] == ["ok"] * 3
+    for record in records:  # all three items are needed for two readable ones: bad is met
+        assert sorted(i for i, _ in record["retrieved"]) == ["c-good1", "c-good2"]
+        (skip,) = record["retrieval_skipped"]
+        assert "bad.png" in skip and f"{tmp_path / 'idx' / 'items.jsonl'}, line 2" in skip
+        assert all(np.isfinite(p) for _, p in record["top_k"])
+    assert predictor.neighbours_skipped == 3  # once per sample that met it, decoded once
+    assert set(predictor._neighbour_tokens) == {"c-good1", "c-good2"}  # encoded once, kept
+    again = list(predictor.predict_rows(InputRows(queries, tmp_path), batch_size=3))
+    assert [r["top_k"] for r in again] == [r["top_k"] for r in records]
+
+    # With only unreadable items, each sample is an error naming the file, not a crash.
+    predictor.use_index(_index_of(predictor, rows[1:2], corpus, tmp_path / "bad"), k=1)
+    records = list(predictor.predict_rows(InputRows(queries[:2], tmp_path), batch_size=2))
+    assert [r["status"] for r in records] == ["error"] * 2
+    assert all("no retrieved item could be read" in r["error"] and "bad.png" in r["error"]
+               for r in records)  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["realm", "frozen"])
+def test_absent_neighbours_are_not_read(mode, tmp_path):
+    import torch
+
+    model = _tiny(mode, CORPUS, tmp_path, k=2).eval()
+    batch = _batch(["red sky", "blue leaf"])
+    scores = torch.tensor([[0.9, 0.5], [0.8, 0.7]])
+    with torch.no_grad():
+        alone = model.read_neighbours(batch["inputs"], model._collated([0, 2]), scores[:, :1])
+        absent = model.read_neighbours(batch["inputs"], model._collated([0, 2, 1]), scores,
+                                       torch.tensor([[True, False], [True, True]]))  # fmt: skip
+        both = model.read_neighbours(batch["inputs"], model._collated([0, 1, 2, 1]), scores)
+        tokens = model.encode_neighbours(model._collated([0, 1, 2, 1]))  # as infer caches them
+        again = model.read_neighbours(batch["inputs"], tokens, scores)
+    assert torch.allclose(both, again, atol=1e-6)
+    assert torch.allclose(alone[0], absent[0], atol=1e-5)  # as if k were 1
+    assert torch.allclose(absent[1], both[1], atol=1e-5) and not torch.allclose(alone, both)
+
+
+def test_realm_inference_skips_neighbours_of_negligible_weight(tmp_path):
+    import torch
+
+    model = _tiny("realm", CORPUS, tmp_path, k=3)  # temperature 0.1, min_weight 1e-3
+    scores = torch.tensor([[0.9, 0.85, 0.1], [0.2, 0.2, 0.2], [0.1, -5.0, -5.0]])
+    assert model.worth_reading(scores).tolist() == [
+        [True, True, False], [True, True, True], [True, False, False]
+    ]  # fmt: skip
+    assert _tiny("frozen", CORPUS, tmp_path, k=3).worth_reading(scores).all()
+
+
+def test_warm_start_teaches_the_retriever_to_find_items_from_parts(tmp_path):
+    """Inverse cloze: after a few steps, half-deleted corpus entries find their own entry."""
+    import torch
+
+    words = ["vorak", "telmi", "brizan", "qodu", "fenox", "kalek", "mitus", "zanbri"]
+    rows = [{"id": f"e{i}", "text": f"in ka {w} means {d}"}
+            for i, (w, d) in enumerate(zip(words, "01234567", strict=True))]  # fmt: skip
+    model = _tiny("frozen", rows, tmp_path, k=1)
+    queries = _batch([f"in ka {w}" for w in words])["inputs"]
+
+    def hits() -> float:
+        idx, _ = model.retrieve(model._query(queries))
+        return float((idx[:, 0] == torch.arange(len(words))).float().mean())
+
+    before = hits()
+    found = model.warm_start_retriever(60, lr=3e-3)
+    assert 0 < found <= 1 and hits() >= 0.9 > before
+    assert all(not p.requires_grad for p in model.retriever.parameters())  # still frozen
