@@ -5,6 +5,7 @@ Each method writes a folder that loads like any other model::
 
     DIR/original/   model.safetensors + config.json     Predictor.from_export / infer --export
     DIR/prune/      the same, weights pruned (zeros)    Predictor.from_export / infer --export
+    DIR/structured/ the same, units/heads/channels cut  Predictor.from_export / infer --export
     DIR/lowrank/    the same, Linear layers factorised  Predictor.from_export / infer --export
     DIR/int8/       PyTorch dynamic INT8, int8 weights  Predictor.from_export / infer --export
     DIR/onnx/       model.onnx + config.json            Predictor.from_onnx / infer --onnx
@@ -46,12 +47,13 @@ from mmctx.nn.compress import (
     quantise_dynamic,
     refresh_pruned_weights,
 )
+from mmctx.nn.structured import prune_structured
 
 from .export import ExportError, example_inputs
 from .inference import Predictor, preprocess_from
 from .onnx_export import ONNX_FILE, export_onnx, quantise_onnx, write_onnx_config
 
-METHODS = ("prune", "lowrank", "int8", "onnx", "onnx-int8")
+METHODS = ("prune", "structured", "lowrank", "int8", "onnx", "onnx-int8")
 
 
 def _size_mb(folder: Path) -> float:
@@ -103,6 +105,19 @@ def _prune(src: _Source, folder: Path, amount: float, finetune: Any) -> dict[str
     return notes
 
 
+def _structured(src: _Source, folder: Path, amount: float, finetune: Any) -> dict[str, Any]:
+    """Units, heads, channels and RNN units removed (layers rebuilt narrower), then
+    optionally fine-tuned as they are."""
+    small = copy.deepcopy(src.model)
+    record = prune_structured(small, amount)
+    notes: dict[str, Any] = {"structured_amount": amount, "resized_layers": len(record)}
+    if finetune is not None:
+        finetune(small)
+        notes["finetuned"] = True
+    write_export(small, src.config, src.data, folder, compression_record(structured=record))
+    return notes
+
+
 def _lowrank(src: _Source, folder: Path, rank: int | None, energy: float | None) -> dict:
     small = copy.deepcopy(src.model)
     ranks = factorise_linears(small, rank=rank, energy=None if rank else energy, only=src.called)
@@ -144,6 +159,7 @@ def build_variants(
     methods: Sequence[str] = METHODS,
     *,
     prune_amount: float = 0.5,
+    structured_amount: float = 0.5,
     rank: int | None = None,
     energy: float | None = 0.9,
     finetune: Callable[[nn.Module], None] | None = None,
@@ -152,9 +168,12 @@ def build_variants(
 
     Args:
         prune_amount: Share of weights global magnitude pruning zeroes.
+        structured_amount: Share of each group's units (MLP units, heads, channels, RNN
+            units) structured pruning removes.
         rank: Rank kept per factorised Linear layer (overrides ``energy``).
         energy: Share of squared singular values kept per factorised layer.
-        finetune: Called on the pruned model (masks still on) before they are made permanent.
+        finetune: Called on the pruned model (masks still on) before they are made permanent,
+            and on the structurally pruned one.
 
     Returns:
         ``{name: {"folder", "kind": "torch"|"onnx", "notes": {...}}}``; a method that could
@@ -173,6 +192,7 @@ def build_variants(
     src = _Source(model, config, data, pre, modalities, called)
     make = {
         "prune": lambda folder: _prune(src, folder, prune_amount, finetune),
+        "structured": lambda folder: _structured(src, folder, structured_amount, finetune),
         "lowrank": lambda folder: _lowrank(src, folder, rank, energy),
         "int8": lambda folder: _int8(src, folder),
         "onnx": lambda folder: _onnx(src, folder),
@@ -324,6 +344,7 @@ def compress(
     train_manifest: str | os.PathLike[str] | None = None,
     finetune_epochs: int = 0,
     prune_amount: float = 0.5,
+    structured_amount: float = 0.5,
     rank: int | None = None,
     energy: float | None = 0.9,
     repeats: int = 30,
@@ -343,6 +364,7 @@ def compress(
         out,
         methods,
         prune_amount=prune_amount,
+        structured_amount=structured_amount,
         rank=rank,
         energy=energy,
         finetune=finetune,
@@ -380,6 +402,7 @@ def compress(
         "threads": torch.get_num_threads(),
         "repeats": {"batch_1": repeats, "batch_32": max(3, repeats // 5)},
         "prune_amount": prune_amount,
+        "structured_amount": structured_amount,
         "finetune_epochs": finetune_epochs,
         "models": rows,
     }
@@ -470,10 +493,23 @@ def compress_main(argv: list[str]) -> int:
         "--methods", nargs="+", default=list(METHODS), choices=METHODS, help="default: all"
     )
     parser.add_argument("--val-manifest", help="labelled JSON Lines for the accuracy columns")
-    parser.add_argument("--prune-amount", type=float, default=0.5, help="default: %(default)s")
+    parser.add_argument(
+        "--prune-amount",
+        type=float,
+        default=0.5,
+        help="share of all weights `prune` zeroes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--structured-amount",
+        type=float,
+        default=0.5,
+        help="share of the MLP hidden units, attention heads, conv channels and RNN hidden "
+        "units `structured` removes from each layer, which is rebuilt smaller "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--rank", type=int, help="rank per factorised Linear (overrides energy)")
     parser.add_argument("--energy", type=float, default=0.9, help="default: %(default)s")
-    parser.add_argument("--train-manifest", help="labelled rows to fine-tune the pruned model")
+    parser.add_argument("--train-manifest", help="labelled rows to fine-tune the pruned models on")
     parser.add_argument("--finetune-epochs", type=int, default=0, help="default: %(default)s")
     parser.add_argument("--repeats", type=int, default=30, help="timed runs at batch 1")
     args = parser.parse_args(argv)
@@ -486,6 +522,7 @@ def compress_main(argv: list[str]) -> int:
             train_manifest=args.train_manifest,
             finetune_epochs=args.finetune_epochs,
             prune_amount=args.prune_amount,
+            structured_amount=args.structured_amount,
             rank=args.rank,
             energy=args.energy,
             repeats=args.repeats,

@@ -130,7 +130,8 @@ def test_pruned_and_factorised_models_load_back_through_predictor(tiny, tmp_path
     prune_global_magnitude(small, 0.3)
     called = called_modules(small, lambda: small(batch()))
     ranks = factorise_linears(small, rank=4, only=called)
-    assert "fused.backbone.blocks.0.attn.qkv" not in ranks  # read by weight, never called
+    assert "fused.backbone.blocks.0.attn.qkv" in ranks  # called as a layer
+    assert "fused.encoders.text.transformer.layers.0.self_attn.out_proj" not in called
     write_export(small, config, DATA, tmp_path, compression_record(ranks, pruned=0.3))
     predictor = Predictor.from_export(tmp_path, device="cpu")
     assert isinstance(predictor.model.get_submodule(next(iter(ranks))), LowRankLinear)
@@ -144,7 +145,9 @@ def test_int8_dynamic_quantisation_loads_back_and_stays_close(tiny, tmp_path):
     config, model = tiny
     called = called_modules(model, lambda: model(batch()))
     names = quantisable(model, called)
-    assert "fused.encoders.audio.rnn" in names and "fused.backbone.blocks.0.attn.qkv" not in names
+    assert {"fused.encoders.audio.rnn", "fused.backbone.blocks.0.attn.qkv"} <= set(names)
+    # nn.MultiheadAttention reads its out_proj by weight: never called, never quantised
+    assert "fused.encoders.text.transformer.layers.0.self_attn.out_proj" not in names
     quantised = quantise_dynamic(model, names)
     write_export(quantised, config, DATA, tmp_path / "int8", compression_record(quantised=names))
     write_export(model, config, DATA, tmp_path / "fp32")
@@ -243,14 +246,15 @@ def test_mmctx_compress_end_to_end(trained, tmp_path, capsys):
     assert main([*argv, "--val-manifest", str(val), "--repeats", "3"]) == 0
     report = json.loads((out / "report.json").read_text())
     rows = {r["model"]: r for r in report["models"]}
-    assert set(rows) == {"original", "prune", "lowrank", "int8", "onnx", "onnx-int8"}
+    assert set(rows) == {"original", "prune", "structured", "lowrank", "int8", "onnx", "onnx-int8"}
     assert rows["prune"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert rows["structured"]["params"] < 0.75 * rows["original"]["params"]
     assert rows["onnx"]["val_acc"] == pytest.approx(rows["original"]["val_acc"], abs=0.02)
     assert rows["onnx-int8"]["size_mb"] < rows["onnx"]["size_mb"] / 2
     assert set(rows["original"]["val_acc_without"]) == {"text", "image", "audio"}
     assert (out / "report.md").read_text().count("\n| ") >= 6
     assert (out / "accuracy_vs_latency.png").stat().st_size > 1000
-    for name in ("prune", "lowrank", "int8"):
+    for name in ("prune", "structured", "lowrank", "int8"):
         assert main(["infer", "--export", str(out / name), "--text", "w1", "--no-progress"]) == 0
     assert main(["infer", "--onnx", str(out / "onnx-int8"), "--text", "w1", "--no-progress"]) == 0
 
@@ -331,10 +335,11 @@ def test_fine_tuning_a_pruned_model_keeps_its_zeros(tiny):
         }
         for i in range(8)
     ]
-    qkv = model.get_submodule("fused.backbone.blocks.0.attn.qkv")  # read by weight, not called
-    before = qkv.weight_orig.detach().clone()
+    # nn.MultiheadAttention reads out_proj by weight: its forward (and mask hook) never runs
+    read = model.get_submodule("fused.encoders.text.transformer.layers.0.self_attn.out_proj")
+    before = read.weight_orig.detach().clone()
     finetuner(items, MODALITIES, preprocess_from(DATA), epochs=2, batch_size=4)(model)
-    assert not torch.equal(qkv.weight_orig, before)  # it trained
+    assert not torch.equal(read.weight_orig, before)  # it trained
     make_pruning_permanent(model)
     assert sparsity(model) == pytest.approx(0.5, abs=1e-3)
 
