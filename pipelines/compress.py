@@ -10,6 +10,7 @@ Each method writes a folder that loads like any other model::
     DIR/int8/       PyTorch dynamic INT8, int8 weights  Predictor.from_export / infer --export
     DIR/onnx/       model.onnx + config.json            Predictor.from_onnx / infer --onnx
     DIR/onnx-int8/  ONNX Runtime dynamic INT8 graph     Predictor.from_onnx / infer --onnx
+    DIR/onnx-int8-static/  ... static INT8 (calibrated)  Predictor.from_onnx / infer --onnx
 
 The report (``report.json``, ``report.md``, ``accuracy_vs_latency.png``) gives for each
 model, loaded back from its folder: parameters, size on disk, model-forward latency on the
@@ -53,7 +54,7 @@ from .export import ExportError, example_inputs
 from .inference import Predictor, preprocess_from
 from .onnx_export import ONNX_FILE, export_onnx, quantise_onnx, write_onnx_config
 
-METHODS = ("prune", "structured", "lowrank", "int8", "onnx", "onnx-int8")
+METHODS = ("prune", "structured", "lowrank", "int8", "onnx", "onnx-int8", "onnx-int8-static")
 
 
 def _size_mb(folder: Path) -> float:
@@ -138,17 +139,20 @@ def _onnx(src: _Source, folder: Path) -> dict[str, Any]:
     return {}
 
 
-def _onnx_int8(src: _Source, folder: Path, fp32_folder: Path) -> dict[str, Any]:
-    """Quantise the fp32 ONNX graph of ``fp32_folder`` (exported here first if missing)."""
+def _onnx_int8(
+    src: _Source, folder: Path, fp32_folder: Path, calibration: list[dict] | None = None
+) -> dict[str, Any]:
+    """Quantise the fp32 ONNX graph of ``fp32_folder`` (exported here first if missing):
+    dynamically, or statically with ``calibration`` batches."""
     graph = fp32_folder / ONNX_FILE
     if graph.is_file():
         names = json.loads((fp32_folder / EXPORT_CONFIG).read_text())["onnx_inputs"]
     else:
         graph = folder / "fp32.onnx"
         names = export_onnx(src.model, src.modalities, src.pre, graph)
-    diff = quantise_onnx(graph, folder / ONNX_FILE, src.model, src.modalities, src.pre)
+    diff = quantise_onnx(graph, folder / ONNX_FILE, src.model, src.modalities, src.pre, calibration)
     (folder / "fp32.onnx").unlink(missing_ok=True)
-    quantised = "onnxruntime-dynamic-int8"
+    quantised = f"onnxruntime-{'dynamic' if calibration is None else 'static-qdq'}-int8"
     write_onnx_config(folder, src.config, src.data, names, quantised=quantised)
     return {"max_prob_diff_on_checks": diff}
 
@@ -163,6 +167,7 @@ def build_variants(
     rank: int | None = None,
     energy: float | None = 0.9,
     finetune: Callable[[nn.Module], None] | None = None,
+    calibration: list[dict] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Write the original and one folder per method under ``out``.
 
@@ -174,6 +179,8 @@ def build_variants(
         energy: Share of squared singular values kept per factorised layer.
         finetune: Called on the pruned model (masks still on) before they are made permanent,
             and on the structurally pruned one.
+        calibration: Collated batches' ``inputs`` whose activation ranges static INT8
+            fixes (default: synthetic batches; real rows give a faithful model).
 
     Returns:
         ``{name: {"folder", "kind": "torch"|"onnx", "notes": {...}}}``; a method that could
@@ -197,6 +204,9 @@ def build_variants(
         "int8": lambda folder: _int8(src, folder),
         "onnx": lambda folder: _onnx(src, folder),
         "onnx-int8": lambda folder: _onnx_int8(src, folder, out / "onnx"),
+        "onnx-int8-static": lambda folder: _onnx_int8(
+            src, folder, out / "onnx", calibration or _synthetic_calibration(src)
+        ),
     }
     variants: dict[str, dict[str, Any]] = {
         "original": {"folder": out / "original", "kind": "torch", "notes": {}}
@@ -212,6 +222,25 @@ def build_variants(
                 folder.rmdir()
             variants[method] = {"error": str(err), "kind": kind, "notes": {}}
     return variants
+
+
+def _synthetic_calibration(src: _Source) -> list[dict]:
+    """Random batches in the shape of real ones, when no labelled rows were given."""
+    return [
+        example_inputs(src.modalities, src.pre, [6 + (5 * i + j) % 13 for j in range(8)], seed=i)
+        for i in range(8)
+    ]
+
+
+def calibration_batches(
+    items: list[dict[str, Any]], predictor: Predictor, count: int = 256, batch_size: int = 32
+) -> list[dict]:
+    """The ``inputs`` of collated batches of the first ``count`` decoded ``items``."""
+    collate = Collate(predictor.modalities, predictor.preprocess, None)
+    chosen = [{k: v for k, v in it.items() if k != "label"} for it in items[:count]]
+    return [
+        collate(chosen[i : i + batch_size])["inputs"] for i in range(0, len(chosen), batch_size)
+    ]
 
 
 def _modalities(model: nn.Module, data: dict[str, Any]) -> tuple[str, ...]:
@@ -354,11 +383,16 @@ def compress(
     original = Predictor.from_checkpoint(ckpt, device="cpu")
     modalities = tuple(m.name for m in original.modalities)
     finetune = None
+    if finetune_epochs > 0 and train_manifest is None:
+        raise ValueError("finetune_epochs > 0 needs train_manifest (labelled training rows)")
+    train_items = validation_batches(train_manifest, original)[0] if train_manifest else []
     if finetune_epochs > 0:
-        if train_manifest is None:
-            raise ValueError("finetune_epochs > 0 needs train_manifest (labelled training rows)")
-        train_items, _ = validation_batches(train_manifest, original)
         finetune = finetuner(train_items, modalities, original.preprocess, finetune_epochs)
+    items, errors = validation_batches(val_manifest, original) if val_manifest else ([], [])
+    rows_for_ranges, calibrated_on = (
+        (train_items, train_manifest) if train_items else (items, val_manifest)
+    )
+    calibration = calibration_batches(rows_for_ranges, original) if rows_for_ranges else None
     variants = build_variants(
         ckpt,
         out,
@@ -368,9 +402,9 @@ def compress(
         rank=rank,
         energy=energy,
         finetune=finetune,
+        calibration=calibration,
     )
     predictors = {n: load_variant(v) for n, v in variants.items() if "folder" in v}
-    items, errors = validation_batches(val_manifest, original) if val_manifest else ([], [])
     pre = original.preprocess
     latency1 = time_forward(predictors, modalities, pre, 1, repeats)
     latency32 = time_forward(predictors, modalities, pre, 32, max(3, repeats // 5))
@@ -404,6 +438,7 @@ def compress(
         "prune_amount": prune_amount,
         "structured_amount": structured_amount,
         "finetune_epochs": finetune_epochs,
+        "static_int8_calibrated_on": str(calibrated_on) if calibration else "synthetic batches",
         "models": rows,
     }
     write_report(report, Path(out))
@@ -490,7 +525,15 @@ def compress_main(argv: list[str]) -> int:
     parser.add_argument("--ckpt", required=True, help="checkpoint written by `mmctx fit`")
     parser.add_argument("--out", required=True, help="folder to write (created)")
     parser.add_argument(
-        "--methods", nargs="+", default=list(METHODS), choices=METHODS, help="default: all"
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        choices=METHODS,
+        help="prune: zero the smallest weights; structured: remove whole units and rebuild "
+        "the layers smaller (faster); lowrank: factorise Linear layers; int8: PyTorch dynamic "
+        "INT8; onnx: ONNX Runtime graph; onnx-int8: its dynamic INT8; onnx-int8-static: its "
+        "static INT8, activation ranges calibrated on --train-manifest rows (else "
+        "--val-manifest rows). Default: all",
     )
     parser.add_argument("--val-manifest", help="labelled JSON Lines for the accuracy columns")
     parser.add_argument(
@@ -509,7 +552,11 @@ def compress_main(argv: list[str]) -> int:
     )
     parser.add_argument("--rank", type=int, help="rank per factorised Linear (overrides energy)")
     parser.add_argument("--energy", type=float, default=0.9, help="default: %(default)s")
-    parser.add_argument("--train-manifest", help="labelled rows to fine-tune the pruned models on")
+    parser.add_argument(
+        "--train-manifest",
+        help="labelled rows to fine-tune the pruned models on (with --finetune-epochs) and to "
+        "calibrate static INT8 with",
+    )
     parser.add_argument("--finetune-epochs", type=int, default=0, help="default: %(default)s")
     parser.add_argument("--repeats", type=int, default=30, help="timed runs at batch 1")
     args = parser.parse_args(argv)

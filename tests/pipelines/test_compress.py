@@ -23,6 +23,7 @@ from mmctx.nn.compress import (
     quantise_dynamic,
     sparsity,
 )
+from mmctx.pipelines.compress import METHODS
 from mmctx.pipelines.export import ExportError, example_inputs
 from mmctx.pipelines.inference import Predictor, preprocess_from
 from mmctx.pipelines.onnx_export import (
@@ -30,6 +31,7 @@ from mmctx.pipelines.onnx_export import (
     check_batches,
     export_onnx,
     load_onnx,
+    quantise_onnx,
     write_onnx_config,
 )
 
@@ -210,6 +212,28 @@ def test_onnx_model_runs_in_predictor_and_mmctx_infer(tiny, onnx_dir, capsys):
     assert record["label"] == want["label"] and record["modalities"] == ["text"]
 
 
+def test_static_int8_onnx_is_calibrated_smaller_and_close(tiny, onnx_dir, tmp_path):
+    import onnx
+
+    _, model = tiny
+    calibration = [batch(seed=s) for s in range(30, 34)]
+    dst = tmp_path / "model.onnx"
+    diff = quantise_onnx(
+        onnx_dir / "model.onnx", dst, model, MODALITIES, preprocess_from(DATA), calibration
+    )
+    graph = onnx.load(str(dst)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "DynamicQuantizeLinear" not in ops
+
+    def float_weights(g) -> int:
+        arrays = [onnx.numpy_helper.to_array(t) for t in g.initializer]
+        return sum(a.size for a in arrays if a.dtype.kind == "f")
+
+    # the weights of MatMul, Conv and the embedding are stored as int8 (QDQ)
+    assert float_weights(graph) < 0.3 * float_weights(onnx.load(onnx_dir / "model.onnx").graph)
+    assert 0 < diff <= 0.05  # the largest probability difference on the check batches
+
+
 def test_windowed_text_encoder_is_refused_by_name(tmp_path):
     model = build_module(tiny_config(window=4)).eval()
     with pytest.raises(ExportError, match=r"encoders\.text \(TextTransformerEncoder\).*window=4"):
@@ -246,11 +270,13 @@ def test_mmctx_compress_end_to_end(trained, tmp_path, capsys):
     assert main([*argv, "--val-manifest", str(val), "--repeats", "3"]) == 0
     report = json.loads((out / "report.json").read_text())
     rows = {r["model"]: r for r in report["models"]}
-    assert set(rows) == {"original", "prune", "structured", "lowrank", "int8", "onnx", "onnx-int8"}
+    assert set(rows) == {"original", *METHODS}
     assert rows["prune"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
-    assert rows["structured"]["params"] < 0.75 * rows["original"]["params"]
+    assert rows["structured"]["params"] < 0.9 * rows["original"]["params"]  # text embedding stays
     assert rows["onnx"]["val_acc"] == pytest.approx(rows["original"]["val_acc"], abs=0.02)
     assert rows["onnx-int8"]["size_mb"] < rows["onnx"]["size_mb"] / 2
+    assert rows["onnx-int8-static"]["size_mb"] < rows["onnx"]["size_mb"] / 2
+    assert rows["onnx-int8-static"]["val_acc"] == pytest.approx(rows["onnx"]["val_acc"], abs=0.05)
     assert set(rows["original"]["val_acc_without"]) == {"text", "image", "audio"}
     assert (out / "report.md").read_text().count("\n| ") >= 6
     assert (out / "accuracy_vs_latency.png").stat().st_size > 1000
