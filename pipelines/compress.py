@@ -34,7 +34,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmctx.checkpoints import EXPORT_CONFIG, data_settings, export_model, load_module, write_export
+from mmctx.checkpoints import (
+    EXPORT_CONFIG,
+    EXPORT_WEIGHTS,
+    data_settings,
+    export_model,
+    load_export,
+    load_module,
+    read_export_config,
+    write_export,
+)
 from mmctx.data import Collate, ManifestDataset, Preprocess, SampleError
 from mmctx.data.manifest import LabelSpace, iter_rows, parse_row
 from mmctx.data.modalities import resolve_modalities
@@ -89,6 +98,34 @@ class _Source:
     pre: Preprocess
     modalities: tuple[str, ...]
     called: set[str]  # modules called as layers (others are read by weight and stay)
+    structured: dict[str, dict[str, int]]  # sizes of a structurally pruned source
+
+    def record(self, **parts: Any) -> dict[str, Any]:
+        """The compression record of a variant: its own ``parts`` on top of the source's
+        structured pruning (a variant pruned further records both)."""
+        structured = copy.deepcopy(self.structured)
+        for name, sizes in (parts.pop("structured", None) or {}).items():
+            structured.setdefault(name, {}).update(sizes)
+        return compression_record(**parts, **({"structured": structured} if structured else {}))
+
+
+def _load_source(path: Path, original: Path) -> tuple[nn.Module, dict, dict, dict]:
+    """``(model, config, data settings, structured record)`` of a checkpoint or of an export
+    folder (a structurally pruned model compressed further), written to ``original``."""
+    if not path.is_dir():
+        paths = export_model(path, original)
+        config = json.loads(paths["config"].read_text())["model"]
+        return load_module(path), config, data_settings(path), {}
+    meta = read_export_config(path, EXPORT_WEIGHTS, "an export folder")
+    record = meta.get("compression") or {}
+    if record.get("quantised") or record.get("factorised"):
+        raise ValueError(
+            f"{path}: holds a quantised or factorised model; compress its checkpoint, or a "
+            "structurally pruned export, instead"
+        )
+    model, data = load_export(path)
+    write_export(model, meta["model"], data, original, record or None)
+    return model, meta["model"], data, record.get("structured") or {}
 
 
 def _prune(src: _Source, folder: Path, amount: float, finetune: Any) -> dict[str, Any]:
@@ -102,7 +139,7 @@ def _prune(src: _Source, folder: Path, amount: float, finetune: Any) -> dict[str
         finetune(pruned)
         make_pruning_permanent(pruned)
         notes = {"sparsity": sparsity(pruned), "finetuned": True}
-    write_export(pruned, src.config, src.data, folder, compression_record(**notes))
+    write_export(pruned, src.config, src.data, folder, src.record(**notes))
     return notes
 
 
@@ -115,21 +152,21 @@ def _structured(src: _Source, folder: Path, amount: float, finetune: Any) -> dic
     if finetune is not None:
         finetune(small)
         notes["finetuned"] = True
-    write_export(small, src.config, src.data, folder, compression_record(structured=record))
+    write_export(small, src.config, src.data, folder, src.record(structured=record))
     return notes
 
 
 def _lowrank(src: _Source, folder: Path, rank: int | None, energy: float | None) -> dict:
     small = copy.deepcopy(src.model)
     ranks = factorise_linears(small, rank=rank, energy=None if rank else energy, only=src.called)
-    write_export(small, src.config, src.data, folder, compression_record(ranks))
+    write_export(small, src.config, src.data, folder, src.record(factorised=ranks))
     return {"factorised_layers": len(ranks), "rank": rank, "energy": energy}
 
 
 def _int8(src: _Source, folder: Path) -> dict[str, Any]:
     names = quantisable(src.model, src.called)
     quantised = quantise_dynamic(src.model, names)
-    write_export(quantised, src.config, src.data, folder, compression_record(quantised=names))
+    write_export(quantised, src.config, src.data, folder, src.record(quantised=names))
     return {"quantised_layers": len(names)}
 
 
@@ -190,13 +227,11 @@ def build_variants(
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
     out = Path(out)
-    paths = export_model(ckpt, out / "original")
-    data, model = data_settings(ckpt), load_module(ckpt)
+    model, config, data, structured = _load_source(Path(ckpt), out / "original")
     pre, modalities = preprocess_from(data), _modalities(model, data)
     probe = example_inputs(modalities, pre, [4, 9], seed=0)
     called = called_modules(model, lambda: model(probe))  # layers used by weight stay
-    config = json.loads(paths["config"].read_text())["model"]
-    src = _Source(model, config, data, pre, modalities, called)
+    src = _Source(model, config, data, pre, modalities, called, structured)
     make = {
         "prune": lambda folder: _prune(src, folder, prune_amount, finetune),
         "structured": lambda folder: _structured(src, folder, structured_amount, finetune),
@@ -380,7 +415,11 @@ def compress(
 ) -> dict[str, Any]:
     """Compress ``ckpt`` with ``methods`` into folders under ``out`` and write the report
     (``report.json``, ``report.md``, ``accuracy_vs_latency.png``); returns the report."""
-    original = Predictor.from_checkpoint(ckpt, device="cpu")
+    original = (
+        Predictor.from_export(ckpt, device="cpu")
+        if Path(ckpt).is_dir()
+        else Predictor.from_checkpoint(ckpt, device="cpu")
+    )
     modalities = tuple(m.name for m in original.modalities)
     finetune = None
     if finetune_epochs > 0 and train_manifest is None:
@@ -522,7 +561,12 @@ def compress_main(argv: list[str]) -> int:
         "each result is a folder that `mmctx infer --export DIR` (torch) or `--onnx DIR` "
         "loads, and report.md/.json/.png compare them with the original.",
     )
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by `mmctx fit`")
+    parser.add_argument(
+        "--ckpt",
+        required=True,
+        help="checkpoint written by `mmctx fit`, or a folder an earlier run wrote (e.g. "
+        "OUT/structured: quantise or export the pruned model)",
+    )
     parser.add_argument("--out", required=True, help="folder to write (created)")
     parser.add_argument(
         "--methods",

@@ -118,3 +118,18 @@ def test_a_structurally_pruned_model_exports_to_onnx(pruned, tmp_path):
     b = batch(seed=9, sizes=(14, 1, 7))
     with torch.no_grad():
         torch.testing.assert_close(onnx_model(b), model(b), atol=1e-4, rtol=0)
+
+
+def test_a_structurally_pruned_export_is_quantised_further(pruned, tmp_path):
+    from mmctx.pipelines.compress import build_variants, load_variant
+
+    model, _, folder = pruned
+    variants = build_variants(folder, tmp_path, ["int8"])
+    meta = json.loads((tmp_path / "int8" / "config.json").read_text())
+    assert meta["compression"]["structured"]["fused.encoders.audio.rnn"] == {"hidden_size": 4}
+    quantised = load_variant(variants["int8"]).model
+    assert type(quantised.fused.encoders.audio.rnn).__module__.startswith("torch.ao.nn.quantized")
+    b = batch()
+    with torch.no_grad():
+        got, want = quantised(b).softmax(-1), model(b).softmax(-1)
+    assert (got - want).abs().max() < 0.05 and not torch.equal(got, want)
