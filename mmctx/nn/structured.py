@@ -26,7 +26,6 @@ Shape legend: o = output units, i = input units, g = gates of an RNN, h = hidden
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -230,7 +229,14 @@ def _trunk_convs(encoder: nn.Module) -> list[tuple[str, str | None]]:
 
 
 def _prune_channels(pruner: _Pruner, amount: float) -> None:
+    trunks = [
+        id(m.trunk)
+        for _, m in pruner.model.named_modules(remove_duplicate=False)
+        if isinstance(getattr(m, "trunk", None), nn.Module)
+    ]
     for name, encoder in list(pruner.model.named_modules()):
+        if trunks.count(id(getattr(encoder, "trunk", None))) > 1:
+            continue  # a CNN shared by two encoders (image and video frames) stays whole
         convs = _trunk_convs(encoder)
         prefix = f"{name}." if name else ""
         for i, (conv, norm) in enumerate(convs):
@@ -346,12 +352,3 @@ def prune_structured(model: nn.Module, amount: float, kinds: Sequence[str] = KIN
         for kind in kinds:
             _PRUNERS[kind](pruner, amount)
     return pruner.record
-
-
-def structured_summary(record: Record) -> dict[str, Any]:
-    """How many layers each kind of size change touched (for reports)."""
-    counts: dict[str, int] = {}
-    for sizes in record.values():
-        for key in sizes:
-            counts[key] = counts.get(key, 0) + 1
-    return counts

@@ -133,3 +133,14 @@ def test_a_structurally_pruned_export_is_quantised_further(pruned, tmp_path):
     with torch.no_grad():
         got, want = quantised(b).softmax(-1), model(b).softmax(-1)
     assert (got - want).abs().max() < 0.05 and not torch.equal(got, want)
+
+
+def test_a_cnn_shared_by_image_and_video_encoders_keeps_its_channels():
+    from mmctx.encoders import ImageCNNEncoder, VideoCNNEncoder
+
+    image, video = ImageCNNEncoder(16, 1, width=4), VideoCNNEncoder(16, 1, width=4)
+    alone = torch.nn.ModuleDict({"image": ImageCNNEncoder(16, 1, width=4)})
+    assert "image.trunk.0.0" in prune_structured(alone, 0.5, kinds=["channels"])
+    video.share_frame_cnn(image)
+    shared = torch.nn.ModuleDict({"image": image, "video": video})
+    assert prune_structured(shared, 0.5, kinds=["channels"]) == {}
