@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=0)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--prune-amount", type=float, default=0.5)
+    parser.add_argument("--structured-amount", type=float, default=0.5)
     parser.add_argument("--energy", type=float, default=0.9)
     parser.add_argument("--rank", type=int)
     parser.add_argument("--repeats", type=int, default=50)
@@ -81,6 +82,7 @@ def main() -> None:
             train_manifest=args.train_manifest,
             finetune_epochs=args.finetune_epochs,
             prune_amount=args.prune_amount,
+            structured_amount=args.structured_amount,
             rank=args.rank,
             energy=args.energy,
             repeats=args.repeats,

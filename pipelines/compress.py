@@ -5,10 +5,12 @@ Each method writes a folder that loads like any other model::
 
     DIR/original/   model.safetensors + config.json     Predictor.from_export / infer --export
     DIR/prune/      the same, weights pruned (zeros)    Predictor.from_export / infer --export
+    DIR/structured/ the same, units/heads/channels cut  Predictor.from_export / infer --export
     DIR/lowrank/    the same, Linear layers factorised  Predictor.from_export / infer --export
     DIR/int8/       PyTorch dynamic INT8, int8 weights  Predictor.from_export / infer --export
     DIR/onnx/       model.onnx + config.json            Predictor.from_onnx / infer --onnx
     DIR/onnx-int8/  ONNX Runtime dynamic INT8 graph     Predictor.from_onnx / infer --onnx
+    DIR/onnx-int8-static/  ... static INT8 (calibrated)  Predictor.from_onnx / infer --onnx
 
 The report (``report.json``, ``report.md``, ``accuracy_vs_latency.png``) gives for each
 model, loaded back from its folder: parameters, size on disk, model-forward latency on the
@@ -32,7 +34,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmctx.checkpoints import EXPORT_CONFIG, data_settings, export_model, load_module, write_export
+from mmctx.checkpoints import (
+    EXPORT_CONFIG,
+    EXPORT_WEIGHTS,
+    data_settings,
+    export_model,
+    load_export,
+    load_module,
+    read_export_config,
+    write_export,
+)
 from mmctx.data import Collate, ManifestDataset, Preprocess, SampleError
 from mmctx.data.manifest import LabelSpace, iter_rows, parse_row
 from mmctx.data.modalities import resolve_modalities
@@ -46,12 +57,13 @@ from mmctx.nn.compress import (
     quantise_dynamic,
     refresh_pruned_weights,
 )
+from mmctx.nn.structured import prune_structured
 
 from .export import ExportError, example_inputs
 from .inference import Predictor, preprocess_from
 from .onnx_export import ONNX_FILE, export_onnx, quantise_onnx, write_onnx_config
 
-METHODS = ("prune", "lowrank", "int8", "onnx", "onnx-int8")
+METHODS = ("prune", "structured", "lowrank", "int8", "onnx", "onnx-int8", "onnx-int8-static")
 
 
 def _size_mb(folder: Path) -> float:
@@ -86,6 +98,34 @@ class _Source:
     pre: Preprocess
     modalities: tuple[str, ...]
     called: set[str]  # modules called as layers (others are read by weight and stay)
+    structured: dict[str, dict[str, int]]  # sizes of a structurally pruned source
+
+    def record(self, **parts: Any) -> dict[str, Any]:
+        """The compression record of a variant: its own ``parts`` on top of the source's
+        structured pruning (a variant pruned further records both)."""
+        structured = copy.deepcopy(self.structured)
+        for name, sizes in (parts.pop("structured", None) or {}).items():
+            structured.setdefault(name, {}).update(sizes)
+        return compression_record(**parts, **({"structured": structured} if structured else {}))
+
+
+def _load_source(path: Path, original: Path) -> tuple[nn.Module, dict, dict, dict]:
+    """``(model, config, data settings, structured record)`` of a checkpoint or of an export
+    folder (a structurally pruned model compressed further), written to ``original``."""
+    if not path.is_dir():
+        paths = export_model(path, original)
+        config = json.loads(paths["config"].read_text())["model"]
+        return load_module(path), config, data_settings(path), {}
+    meta = read_export_config(path, EXPORT_WEIGHTS, "an export folder")
+    record = meta.get("compression") or {}
+    if record.get("quantised") or record.get("factorised"):
+        raise ValueError(
+            f"{path}: holds a quantised or factorised model; compress its checkpoint, or a "
+            "structurally pruned export, instead"
+        )
+    model, data = load_export(path)
+    write_export(model, meta["model"], data, original, record or None)
+    return model, meta["model"], data, record.get("structured") or {}
 
 
 def _prune(src: _Source, folder: Path, amount: float, finetune: Any) -> dict[str, Any]:
@@ -99,21 +139,34 @@ def _prune(src: _Source, folder: Path, amount: float, finetune: Any) -> dict[str
         finetune(pruned)
         make_pruning_permanent(pruned)
         notes = {"sparsity": sparsity(pruned), "finetuned": True}
-    write_export(pruned, src.config, src.data, folder, compression_record(**notes))
+    write_export(pruned, src.config, src.data, folder, src.record(**notes))
+    return notes
+
+
+def _structured(src: _Source, folder: Path, amount: float, finetune: Any) -> dict[str, Any]:
+    """Units, heads, channels and RNN units removed (layers rebuilt narrower), then
+    optionally fine-tuned as they are."""
+    small = copy.deepcopy(src.model)
+    record = prune_structured(small, amount)
+    notes: dict[str, Any] = {"structured_amount": amount, "resized_layers": len(record)}
+    if finetune is not None:
+        finetune(small)
+        notes["finetuned"] = True
+    write_export(small, src.config, src.data, folder, src.record(structured=record))
     return notes
 
 
 def _lowrank(src: _Source, folder: Path, rank: int | None, energy: float | None) -> dict:
     small = copy.deepcopy(src.model)
     ranks = factorise_linears(small, rank=rank, energy=None if rank else energy, only=src.called)
-    write_export(small, src.config, src.data, folder, compression_record(ranks))
+    write_export(small, src.config, src.data, folder, src.record(factorised=ranks))
     return {"factorised_layers": len(ranks), "rank": rank, "energy": energy}
 
 
 def _int8(src: _Source, folder: Path) -> dict[str, Any]:
     names = quantisable(src.model, src.called)
     quantised = quantise_dynamic(src.model, names)
-    write_export(quantised, src.config, src.data, folder, compression_record(quantised=names))
+    write_export(quantised, src.config, src.data, folder, src.record(quantised=names))
     return {"quantised_layers": len(names)}
 
 
@@ -123,17 +176,20 @@ def _onnx(src: _Source, folder: Path) -> dict[str, Any]:
     return {}
 
 
-def _onnx_int8(src: _Source, folder: Path, fp32_folder: Path) -> dict[str, Any]:
-    """Quantise the fp32 ONNX graph of ``fp32_folder`` (exported here first if missing)."""
+def _onnx_int8(
+    src: _Source, folder: Path, fp32_folder: Path, calibration: list[dict] | None = None
+) -> dict[str, Any]:
+    """Quantise the fp32 ONNX graph of ``fp32_folder`` (exported here first if missing):
+    dynamically, or statically with ``calibration`` batches."""
     graph = fp32_folder / ONNX_FILE
     if graph.is_file():
         names = json.loads((fp32_folder / EXPORT_CONFIG).read_text())["onnx_inputs"]
     else:
         graph = folder / "fp32.onnx"
         names = export_onnx(src.model, src.modalities, src.pre, graph)
-    diff = quantise_onnx(graph, folder / ONNX_FILE, src.model, src.modalities, src.pre)
+    diff = quantise_onnx(graph, folder / ONNX_FILE, src.model, src.modalities, src.pre, calibration)
     (folder / "fp32.onnx").unlink(missing_ok=True)
-    quantised = "onnxruntime-dynamic-int8"
+    quantised = f"onnxruntime-{'dynamic' if calibration is None else 'static-qdq'}-int8"
     write_onnx_config(folder, src.config, src.data, names, quantised=quantised)
     return {"max_prob_diff_on_checks": diff}
 
@@ -144,17 +200,24 @@ def build_variants(
     methods: Sequence[str] = METHODS,
     *,
     prune_amount: float = 0.5,
+    structured_amount: float = 0.5,
     rank: int | None = None,
     energy: float | None = 0.9,
     finetune: Callable[[nn.Module], None] | None = None,
+    calibration: list[dict] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Write the original and one folder per method under ``out``.
 
     Args:
         prune_amount: Share of weights global magnitude pruning zeroes.
+        structured_amount: Share of each group's units (MLP units, heads, channels, RNN
+            units) structured pruning removes.
         rank: Rank kept per factorised Linear layer (overrides ``energy``).
         energy: Share of squared singular values kept per factorised layer.
-        finetune: Called on the pruned model (masks still on) before they are made permanent.
+        finetune: Called on the pruned model (masks still on) before they are made permanent,
+            and on the structurally pruned one.
+        calibration: Collated batches' ``inputs`` whose activation ranges static INT8
+            fixes (default: synthetic batches; real rows give a faithful model).
 
     Returns:
         ``{name: {"folder", "kind": "torch"|"onnx", "notes": {...}}}``; a method that could
@@ -164,19 +227,21 @@ def build_variants(
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
     out = Path(out)
-    paths = export_model(ckpt, out / "original")
-    data, model = data_settings(ckpt), load_module(ckpt)
+    model, config, data, structured = _load_source(Path(ckpt), out / "original")
     pre, modalities = preprocess_from(data), _modalities(model, data)
     probe = example_inputs(modalities, pre, [4, 9], seed=0)
     called = called_modules(model, lambda: model(probe))  # layers used by weight stay
-    config = json.loads(paths["config"].read_text())["model"]
-    src = _Source(model, config, data, pre, modalities, called)
+    src = _Source(model, config, data, pre, modalities, called, structured)
     make = {
         "prune": lambda folder: _prune(src, folder, prune_amount, finetune),
+        "structured": lambda folder: _structured(src, folder, structured_amount, finetune),
         "lowrank": lambda folder: _lowrank(src, folder, rank, energy),
         "int8": lambda folder: _int8(src, folder),
         "onnx": lambda folder: _onnx(src, folder),
         "onnx-int8": lambda folder: _onnx_int8(src, folder, out / "onnx"),
+        "onnx-int8-static": lambda folder: _onnx_int8(
+            src, folder, out / "onnx", calibration or _synthetic_calibration(src)
+        ),
     }
     variants: dict[str, dict[str, Any]] = {
         "original": {"folder": out / "original", "kind": "torch", "notes": {}}
@@ -192,6 +257,25 @@ def build_variants(
                 folder.rmdir()
             variants[method] = {"error": str(err), "kind": kind, "notes": {}}
     return variants
+
+
+def _synthetic_calibration(src: _Source) -> list[dict]:
+    """Random batches in the shape of real ones, when no labelled rows were given."""
+    return [
+        example_inputs(src.modalities, src.pre, [6 + (5 * i + j) % 13 for j in range(8)], seed=i)
+        for i in range(8)
+    ]
+
+
+def calibration_batches(
+    items: list[dict[str, Any]], predictor: Predictor, count: int = 256, batch_size: int = 32
+) -> list[dict]:
+    """The ``inputs`` of collated batches of the first ``count`` decoded ``items``."""
+    collate = Collate(predictor.modalities, predictor.preprocess, None)
+    chosen = [{k: v for k, v in it.items() if k != "label"} for it in items[:count]]
+    return [
+        collate(chosen[i : i + batch_size])["inputs"] for i in range(0, len(chosen), batch_size)
+    ]
 
 
 def _modalities(model: nn.Module, data: dict[str, Any]) -> tuple[str, ...]:
@@ -324,31 +408,42 @@ def compress(
     train_manifest: str | os.PathLike[str] | None = None,
     finetune_epochs: int = 0,
     prune_amount: float = 0.5,
+    structured_amount: float = 0.5,
     rank: int | None = None,
     energy: float | None = 0.9,
     repeats: int = 30,
 ) -> dict[str, Any]:
     """Compress ``ckpt`` with ``methods`` into folders under ``out`` and write the report
     (``report.json``, ``report.md``, ``accuracy_vs_latency.png``); returns the report."""
-    original = Predictor.from_checkpoint(ckpt, device="cpu")
+    original = (
+        Predictor.from_export(ckpt, device="cpu")
+        if Path(ckpt).is_dir()
+        else Predictor.from_checkpoint(ckpt, device="cpu")
+    )
     modalities = tuple(m.name for m in original.modalities)
     finetune = None
+    if finetune_epochs > 0 and train_manifest is None:
+        raise ValueError("finetune_epochs > 0 needs train_manifest (labelled training rows)")
+    train_items = validation_batches(train_manifest, original)[0] if train_manifest else []
     if finetune_epochs > 0:
-        if train_manifest is None:
-            raise ValueError("finetune_epochs > 0 needs train_manifest (labelled training rows)")
-        train_items, _ = validation_batches(train_manifest, original)
         finetune = finetuner(train_items, modalities, original.preprocess, finetune_epochs)
+    items, errors = validation_batches(val_manifest, original) if val_manifest else ([], [])
+    rows_for_ranges, calibrated_on = (
+        (train_items, train_manifest) if train_items else (items, val_manifest)
+    )
+    calibration = calibration_batches(rows_for_ranges, original) if rows_for_ranges else None
     variants = build_variants(
         ckpt,
         out,
         methods,
         prune_amount=prune_amount,
+        structured_amount=structured_amount,
         rank=rank,
         energy=energy,
         finetune=finetune,
+        calibration=calibration,
     )
     predictors = {n: load_variant(v) for n, v in variants.items() if "folder" in v}
-    items, errors = validation_batches(val_manifest, original) if val_manifest else ([], [])
     pre = original.preprocess
     latency1 = time_forward(predictors, modalities, pre, 1, repeats)
     latency32 = time_forward(predictors, modalities, pre, 32, max(3, repeats // 5))
@@ -380,7 +475,9 @@ def compress(
         "threads": torch.get_num_threads(),
         "repeats": {"batch_1": repeats, "batch_32": max(3, repeats // 5)},
         "prune_amount": prune_amount,
+        "structured_amount": structured_amount,
         "finetune_epochs": finetune_epochs,
+        "static_int8_calibrated_on": str(calibrated_on) if calibration else "synthetic batches",
         "models": rows,
     }
     write_report(report, Path(out))
@@ -464,16 +561,46 @@ def compress_main(argv: list[str]) -> int:
         "each result is a folder that `mmctx infer --export DIR` (torch) or `--onnx DIR` "
         "loads, and report.md/.json/.png compare them with the original.",
     )
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by `mmctx fit`")
+    parser.add_argument(
+        "--ckpt",
+        required=True,
+        help="checkpoint written by `mmctx fit`, or a folder an earlier run wrote (e.g. "
+        "OUT/structured: quantise or export the pruned model)",
+    )
     parser.add_argument("--out", required=True, help="folder to write (created)")
     parser.add_argument(
-        "--methods", nargs="+", default=list(METHODS), choices=METHODS, help="default: all"
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        choices=METHODS,
+        help="prune: zero the smallest weights; structured: remove whole units and rebuild "
+        "the layers smaller (faster); lowrank: factorise Linear layers; int8: PyTorch dynamic "
+        "INT8; onnx: ONNX Runtime graph; onnx-int8: its dynamic INT8; onnx-int8-static: its "
+        "static INT8, activation ranges calibrated on --train-manifest rows (else "
+        "--val-manifest rows). Default: all",
     )
     parser.add_argument("--val-manifest", help="labelled JSON Lines for the accuracy columns")
-    parser.add_argument("--prune-amount", type=float, default=0.5, help="default: %(default)s")
+    parser.add_argument(
+        "--prune-amount",
+        type=float,
+        default=0.5,
+        help="share of all weights `prune` zeroes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--structured-amount",
+        type=float,
+        default=0.5,
+        help="share of the MLP hidden units, attention heads, conv channels and RNN hidden "
+        "units `structured` removes from each layer, which is rebuilt smaller "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--rank", type=int, help="rank per factorised Linear (overrides energy)")
     parser.add_argument("--energy", type=float, default=0.9, help="default: %(default)s")
-    parser.add_argument("--train-manifest", help="labelled rows to fine-tune the pruned model")
+    parser.add_argument(
+        "--train-manifest",
+        help="labelled rows to fine-tune the pruned models on (with --finetune-epochs) and to "
+        "calibrate static INT8 with",
+    )
     parser.add_argument("--finetune-epochs", type=int, default=0, help="default: %(default)s")
     parser.add_argument("--repeats", type=int, default=30, help="timed runs at batch 1")
     args = parser.parse_args(argv)
@@ -486,6 +613,7 @@ def compress_main(argv: list[str]) -> int:
             train_manifest=args.train_manifest,
             finetune_epochs=args.finetune_epochs,
             prune_amount=args.prune_amount,
+            structured_amount=args.structured_amount,
             rank=args.rank,
             energy=args.energy,
             repeats=args.repeats,

@@ -45,12 +45,12 @@ class _SelfAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def split(self, x: Tensor, parts: slice = slice(0, 3)) -> list[Tensor]:
-        """Project ``(b, n, d)`` to the chosen ones of q, k, v, each ``(b, h, n, e)``."""
-        b, n, d = x.shape
-        idx = range(3)[parts]
-        w = self.qkv.weight.view(3, d, d)[parts].reshape(-1, d)
-        bias = self.qkv.bias.view(3, d)[parts].reshape(-1)
-        proj = F.linear(x, w, bias).view(b, n, len(idx), self.heads, d // self.heads)
+        """Project ``(b, n, d)`` to the chosen ones of q, k, v, each ``(b, h, n, e)``.
+
+        ``qkv`` is called as a layer (so compression can swap it: factorised, quantised, or
+        with heads pruned, ``h * e`` narrower than ``d``); unwanted parts are dropped after."""
+        b, n, _ = x.shape
+        proj = self.qkv(x).view(b, n, 3, self.heads, -1)[:, :, parts]  # (b, n, 3', h, e)
         return list(proj.permute(2, 0, 3, 1, 4).unbind(0))
 
     def merge(self, y: Tensor) -> Tensor:

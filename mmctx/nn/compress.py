@@ -96,7 +96,8 @@ def _plain_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     return [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` where the submodule ``name`` of ``model`` is."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
@@ -159,7 +160,7 @@ def factorise_linears(
             and r * (linear.in_features + linear.out_features) >= linear.weight.numel()
         ):
             continue
-        _set(model, name, LowRankLinear.from_linear(linear, r))
+        replace_module(model, name, LowRankLinear.from_linear(linear, r))
         ranks[name] = r
     return ranks
 
@@ -275,7 +276,7 @@ def apply_factorisation(model: nn.Module, ranks: dict[str, int]) -> nn.Module:
         linear = model.get_submodule(name)
         if not isinstance(linear, nn.Linear):
             raise ValueError(f"cannot factorise {name!r}: it is a {type(linear).__name__}")
-        _set(
+        replace_module(
             model,
             name,
             LowRankLinear(linear.in_features, linear.out_features, int(r), linear.bias is not None),
@@ -300,7 +301,11 @@ def parameter_count(model: nn.Module) -> int:
 
 def apply_compression(model: nn.Module, record: dict[str, Any]) -> nn.Module:
     """Give a freshly built ``model`` the structure a :func:`compression_record` describes,
-    ready for the compressed weights (quantisation is applied after they load)."""
+    ready for the compressed weights (quantisation is applied after they load): layers made
+    narrower by structured pruning first, then factorised ones."""
+    from mmctx.nn.structured import apply_structured
+
+    apply_structured(model, record.get("structured") or {})
     return apply_factorisation(model, record.get("factorised") or {})
 
 

@@ -23,6 +23,7 @@ from mmctx.nn.compress import (
     quantise_dynamic,
     sparsity,
 )
+from mmctx.pipelines.compress import METHODS
 from mmctx.pipelines.export import ExportError, example_inputs
 from mmctx.pipelines.inference import Predictor, preprocess_from
 from mmctx.pipelines.onnx_export import (
@@ -30,6 +31,7 @@ from mmctx.pipelines.onnx_export import (
     check_batches,
     export_onnx,
     load_onnx,
+    quantise_onnx,
     write_onnx_config,
 )
 
@@ -130,7 +132,8 @@ def test_pruned_and_factorised_models_load_back_through_predictor(tiny, tmp_path
     prune_global_magnitude(small, 0.3)
     called = called_modules(small, lambda: small(batch()))
     ranks = factorise_linears(small, rank=4, only=called)
-    assert "fused.backbone.blocks.0.attn.qkv" not in ranks  # read by weight, never called
+    assert "fused.backbone.blocks.0.attn.qkv" in ranks  # called as a layer
+    assert "fused.encoders.text.transformer.layers.0.self_attn.out_proj" not in called
     write_export(small, config, DATA, tmp_path, compression_record(ranks, pruned=0.3))
     predictor = Predictor.from_export(tmp_path, device="cpu")
     assert isinstance(predictor.model.get_submodule(next(iter(ranks))), LowRankLinear)
@@ -144,7 +147,9 @@ def test_int8_dynamic_quantisation_loads_back_and_stays_close(tiny, tmp_path):
     config, model = tiny
     called = called_modules(model, lambda: model(batch()))
     names = quantisable(model, called)
-    assert "fused.encoders.audio.rnn" in names and "fused.backbone.blocks.0.attn.qkv" not in names
+    assert {"fused.encoders.audio.rnn", "fused.backbone.blocks.0.attn.qkv"} <= set(names)
+    # nn.MultiheadAttention reads its out_proj by weight: never called, never quantised
+    assert "fused.encoders.text.transformer.layers.0.self_attn.out_proj" not in names
     quantised = quantise_dynamic(model, names)
     write_export(quantised, config, DATA, tmp_path / "int8", compression_record(quantised=names))
     write_export(model, config, DATA, tmp_path / "fp32")
@@ -207,6 +212,28 @@ def test_onnx_model_runs_in_predictor_and_mmctx_infer(tiny, onnx_dir, capsys):
     assert record["label"] == want["label"] and record["modalities"] == ["text"]
 
 
+def test_static_int8_onnx_is_calibrated_smaller_and_close(tiny, onnx_dir, tmp_path):
+    import onnx
+
+    _, model = tiny
+    calibration = [batch(seed=s) for s in range(30, 34)]
+    dst = tmp_path / "model.onnx"
+    diff = quantise_onnx(
+        onnx_dir / "model.onnx", dst, model, MODALITIES, preprocess_from(DATA), calibration
+    )
+    graph = onnx.load(str(dst)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "DynamicQuantizeLinear" not in ops
+
+    def float_weights(g) -> int:
+        arrays = [onnx.numpy_helper.to_array(t) for t in g.initializer]
+        return sum(a.size for a in arrays if a.dtype.kind == "f")
+
+    # the weights of MatMul, Conv and the embedding are stored as int8 (QDQ)
+    assert float_weights(graph) < 0.3 * float_weights(onnx.load(onnx_dir / "model.onnx").graph)
+    assert 0 < diff <= 0.05  # the largest probability difference on the check batches
+
+
 def test_windowed_text_encoder_is_refused_by_name(tmp_path):
     model = build_module(tiny_config(window=4)).eval()
     with pytest.raises(ExportError, match=r"encoders\.text \(TextTransformerEncoder\).*window=4"):
@@ -243,14 +270,17 @@ def test_mmctx_compress_end_to_end(trained, tmp_path, capsys):
     assert main([*argv, "--val-manifest", str(val), "--repeats", "3"]) == 0
     report = json.loads((out / "report.json").read_text())
     rows = {r["model"]: r for r in report["models"]}
-    assert set(rows) == {"original", "prune", "lowrank", "int8", "onnx", "onnx-int8"}
+    assert set(rows) == {"original", *METHODS}
     assert rows["prune"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert rows["structured"]["params"] < 0.9 * rows["original"]["params"]  # text embedding stays
     assert rows["onnx"]["val_acc"] == pytest.approx(rows["original"]["val_acc"], abs=0.02)
     assert rows["onnx-int8"]["size_mb"] < rows["onnx"]["size_mb"] / 2
+    assert rows["onnx-int8-static"]["size_mb"] < rows["onnx"]["size_mb"] / 2
+    assert rows["onnx-int8-static"]["val_acc"] == pytest.approx(rows["onnx"]["val_acc"], abs=0.05)
     assert set(rows["original"]["val_acc_without"]) == {"text", "image", "audio"}
     assert (out / "report.md").read_text().count("\n| ") >= 6
     assert (out / "accuracy_vs_latency.png").stat().st_size > 1000
-    for name in ("prune", "lowrank", "int8"):
+    for name in ("prune", "structured", "lowrank", "int8"):
         assert main(["infer", "--export", str(out / name), "--text", "w1", "--no-progress"]) == 0
     assert main(["infer", "--onnx", str(out / "onnx-int8"), "--text", "w1", "--no-progress"]) == 0
 
@@ -331,10 +361,11 @@ def test_fine_tuning_a_pruned_model_keeps_its_zeros(tiny):
         }
         for i in range(8)
     ]
-    qkv = model.get_submodule("fused.backbone.blocks.0.attn.qkv")  # read by weight, not called
-    before = qkv.weight_orig.detach().clone()
+    # nn.MultiheadAttention reads out_proj by weight: its forward (and mask hook) never runs
+    read = model.get_submodule("fused.encoders.text.transformer.layers.0.self_attn.out_proj")
+    before = read.weight_orig.detach().clone()
     finetuner(items, MODALITIES, preprocess_from(DATA), epochs=2, batch_size=4)(model)
-    assert not torch.equal(qkv.weight_orig, before)  # it trained
+    assert not torch.equal(read.weight_orig, before)  # it trained
     make_pruning_permanent(model)
     assert sparsity(model) == pytest.approx(0.5, abs=1e-3)
 
