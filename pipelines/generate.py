@@ -99,7 +99,7 @@ examples:
   mmctx generate --ckpt runs/gan_demo/logs/version_0/checkpoints/last.ckpt \\
       --text "please bring the seven cups" --audio seven.wav --out gen/ --n 8
   mmctx generate --ckpt runs/gan_audio_digits/checkpoints/last.ckpt \\
-      --image ../shared/data/digits/images/0007.png --out gen/   # spoken digits as WAV
+      --image ../shared/data/digits/images/7_0007.png --out gen/   # a spoken seven, as WAV
   mmctx generate --ckpt last.ckpt --manifest conditions.jsonl --out gen/
 """
 
