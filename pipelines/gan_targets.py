@@ -190,8 +190,9 @@ class AudioTarget(GanTarget):
                 "mel": T.MelSpectrogram(
                     self.sample_rate, self.n_fft, hop_length=self.hop_length, **mel
                 ),
+                # gelsd: a least-squares solver that also copes with empty mel filters
                 "inverse_mel": T.InverseMelScale(
-                    self.n_fft // 2 + 1, sample_rate=self.sample_rate, **mel
+                    self.n_fft // 2 + 1, sample_rate=self.sample_rate, driver="gelsd", **mel
                 ),
                 "griffin_lim": T.GriffinLim(
                     self.n_fft,

@@ -196,3 +196,10 @@ def test_gan_eval_arithmetic_on_audio_against_a_hand_computed_case():
         result["diversity_per_condition"] / result["diversity_per_class_real"]
     )
     assert result["sheet"].shape == (2, 4, 1, 16, 1 + 2000 // 128)  # one row per class
+
+
+def test_more_mel_bins_than_the_fft_resolves_still_give_waveforms():
+    target = AudioTarget(RATE, seconds=0.25, n_mels=128, n_fft=256, hop_length=128)  # empty filters
+    pictures = target.pictures(target.grids(torch.randn(2, 2000) * 0.1))
+    wave = target.waveforms(pictures)
+    assert wave.shape == (2, 2000) and torch.isfinite(wave).all()
