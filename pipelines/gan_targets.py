@@ -239,9 +239,19 @@ class AudioTarget(GanTarget):
                 f"{self.sample_rate} Hz"
             )
 
+    def sounding_lengths(self, pictures: Tensor, within_db: float = 60.0) -> Tensor:
+        """``(m,)`` samples up to the end of the last frame of each ``(m, 1, n_mels, t)``
+        picture with a bin within ``within_db`` of the loudest: where the sound ends."""
+        level = (pictures[:, 0].float() / 255 - 1) * self.top_db  # (m, n_mels, t) dB
+        sounding = level.amax(dim=1) > -within_db  # (m, t)
+        frames = torch.arange(1, sounding.shape[1] + 1) * sounding
+        return (frames.amax(dim=1).clamp_min(1) * self.hop_length).clamp(max=self.samples)
+
     def judge_inputs(self, pictures: Tensor, pre: Preprocess) -> dict[str, Any]:
+        # the judge hears each clip up to where its sound ends, as recordings come: the
+        # silence a short clip is padded with would otherwise weigh in its per-clip statistics
         wave = self.waveforms(pictures)
-        lengths = torch.full((len(wave),), wave.shape[1], dtype=torch.long)
+        lengths = self.sounding_lengths(pictures)
         return {"audio": {"waveform": wave, "lengths": lengths, "sample_rate": self.sample_rate}}
 
     def judge_real(

@@ -203,3 +203,15 @@ def test_more_mel_bins_than_the_fft_resolves_still_give_waveforms():
     pictures = target.pictures(target.grids(torch.randn(2, 2000) * 0.1))
     wave = target.waveforms(pictures)
     assert wave.shape == (2, 2000) and torch.isfinite(wave).all()
+
+
+def test_the_judge_hears_a_clip_up_to_where_its_sound_ends():
+    target = AudioTarget(RATE, seconds=0.5, n_mels=16, n_fft=256, hop_length=128)
+    short = torch.zeros(2, 4000)
+    short[0, :1000] = torch.randn(1000) * 0.3  # 0.125 s of sound, then padding silence
+    short[1] = torch.randn(4000) * 0.3  # sound throughout
+    pictures = target.pictures(target.grids(short))
+    lengths = target.sounding_lengths(pictures)
+    assert 1000 <= lengths[0] <= 1000 + 3 * 128 and lengths[1] == 4000
+    inputs = target.judge_inputs(pictures, Preprocess(sample_rate=RATE))["audio"]
+    assert torch.equal(inputs["lengths"], lengths) and inputs["waveform"].shape == (2, 4000)
