@@ -100,12 +100,31 @@ def _renamed(value: Any) -> Any:
     return value
 
 
+def _gan_target(config: dict[str, Any]) -> dict[str, Any]:
+    """A GAN config of the versions that drew images only (``target: image`` with
+    ``image_size``/``image_channels`` beside it), with those as an ``ImageTarget``."""
+    if not config.get("_class_path", "").endswith(".MultimodalGAN"):
+        return config
+    old = {k: config.pop(k) for k in ("image_size", "image_channels") if k in config}
+    if old or isinstance(config.get("target"), str):
+        if config.pop("target", "image") != "image":
+            raise CheckpointError("a MultimodalGAN config names a target other than 'image'")
+        config["target"] = {
+            "class_path": "mmctx.pipelines.gan_targets.ImageTarget",
+            "init_args": {
+                "size": old.get("image_size", 32),
+                "channels": old.get("image_channels", 1),
+            },
+        }
+    return config
+
+
 def build_module(config: dict[str, Any], source: Path | str = "config") -> nn.Module:
     """Instantiate a module from its saved config (``_class_path`` plus init arguments)."""
     from jsonargparse import ArgumentParser
 
     # Class paths are full dotted paths: jsonargparse imports each one's module itself.
-    config = _renamed(copy.deepcopy(config))
+    config = _gan_target(_renamed(copy.deepcopy(config)))
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(nn.Module, "module", fail_untyped=False)
     kwargs = {k: v for k, v in config.items() if not k.startswith("_")}  # _class_path, ...

@@ -58,9 +58,10 @@ Inference and generation:
                 mmctx compress --ckpt BEST.ckpt --out small/ --val-manifest data/val.jsonl
   index         retrieval index of a corpus (build/add/remove/search), for infer --index:
                 mmctx index build --ckpt BEST.ckpt --manifest corpus.jsonl --out index/
-  generate      draw images with a trained GAN (configs/gan_*.yaml) from conditions:
+  generate      draw images (PNG) or sounds (WAV) with a trained GAN (configs/gan_*.yaml):
                 mmctx generate --ckpt GAN.ckpt --text "a seven" --audio 7.wav --out gen/
-  gan-eval      conditional accuracy and diversity of a GAN's images (no downloaded network):
+  gan-eval      conditional accuracy and diversity of a GAN's images or sounds, judged by a
+                classifier of that modality alone (no downloaded network):
                 mmctx gan-eval --ckpt GAN.ckpt --classifier IMAGE_ONLY.ckpt
 
 Data commands:

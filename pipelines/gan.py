@@ -1,11 +1,13 @@
-"""MultimodalGAN: draw one modality (an image) from what the other modalities say.
+"""MultimodalGAN: draw one modality (an image, a sound) from what the other modalities say.
 
 The conditioning modalities go through the same encoders -> fusion -> backbone as the
 classifier and are pooled into one context vector ``c``. A DCGAN-style generator
 ``G(z, c)`` takes ``c`` concatenated to the noise and through FiLM in every block; a
-projection discriminator ``D(x, c)`` scores ``psi(phi(x)) + <embed(c), phi(x)>``.
+projection discriminator ``D(x, c)`` scores ``psi(phi(x)) + <embed(c), phi(x)>``. What is
+drawn -- a square image, or a log-mel spectrogram made audible by Griffin-Lim -- is the
+``target`` object (:mod:`mmctx.pipelines.gan_targets`).
 
-Shape legend: b = batch, d = model width, z = noise width, c = channels, s = image side.
+Shape legend: b = batch, d = model width, z = noise width, c = channels, h/w = grid sides.
 """
 
 from __future__ import annotations
@@ -22,12 +24,11 @@ from torch import Tensor, nn
 
 from mmctx.data import Collate
 from mmctx.encoders import ModalityEncoder
-from mmctx.errors import ConfigError
 from mmctx.nn.backbones import FusionBackbone
 from mmctx.nn.fused import FusedModel
-from mmctx.nn.gan import Discriminator, Generator
 
-from .gan_images import contact_sheet, to_uint8, write_png
+from .gan_images import contact_sheet, write_png
+from .gan_targets import GanTarget, ImageTarget
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class MultimodalGAN(L.LightningModule):
 
     Trained with manual optimisation: one discriminator step, then one generator step
     per batch, so Lightning's ``global_step`` (and ``trainer.max_steps``) counts two steps
-    per batch. Samples missing the target image are skipped and counted.
+    per batch. Samples missing the target are skipped and counted.
 
     Args:
         encoders: Encoders of the conditioning modalities (never the target).
@@ -47,9 +48,9 @@ class MultimodalGAN(L.LightningModule):
         class_names: Class names (the CLI takes them from the data); used by the
             auxiliary losses and to name conditions.
         multilabel: Must be False (multi-label conditions are not supported).
-        target: The generated modality; only ``"image"`` for now.
-        image_size: Side of the generated square images (the data's ``image_size``).
-        image_channels: 1 (grayscale) or 3 (colour), as the data's ``image_channels``.
+        target: What is drawn: an :class:`~mmctx.pipelines.gan_targets.ImageTarget` (the
+            default: 32x32 grayscale) or an :class:`~mmctx.pipelines.gan_targets.AudioTarget`
+            (a fixed-length clip); in YAML ``{class_path: AudioTarget, init_args: {...}}``.
         pool: How the context sequence becomes ``c`` (see :class:`mmctx.nn.pooling.Pooling`).
         z_dim: Noise width.
         cond_dim: Width the context is projected to before it conditions G and D.
@@ -60,15 +61,15 @@ class MultimodalGAN(L.LightningModule):
         lr_d: Discriminator learning rate (Adam).
         lr_context: Learning rate of the encoders, fusion and backbone.
         betas: Adam betas of G and D (the usual GAN ``(0.5, 0.999)``).
-        r1_gamma: Weight of the R1 gradient penalty on real images (0: off).
+        r1_gamma: Weight of the R1 gradient penalty on real targets (0: off).
         spectral_norm: Spectral normalisation in D.
         ema_decay: Decay of the moving average of G's weights used for sampling (0: off).
         aux_weight: Weight of a cross-entropy loss that teaches ``c`` the label, so the
             conditioning carries the class from the first steps (0: off).
-        ac_weight: Weight of an AC-GAN loss: D also classifies real images, and G is
-            rewarded when D gives its image the intended class (0: off).
+        ac_weight: Weight of an AC-GAN loss: D also classifies real targets, and G is
+            rewarded when D gives its output the intended class (0: off).
         ms_weight: Weight of a mode-seeking loss that keeps two noises for one condition
-            from giving the same image (against collapse to one image per class; 0: off).
+            from giving the same output (against collapse to one per class; 0: off).
         sample_every_n_steps: Save (and log) a grid of samples for fixed validation
             conditions every this many steps (0: never).
         grid_samples: Samples per condition in that grid.
@@ -80,9 +81,7 @@ class MultimodalGAN(L.LightningModule):
         backbone: FusionBackbone,
         class_names: list[str],
         multilabel: bool = False,
-        target: str = "image",
-        image_size: int = 32,
-        image_channels: int = 1,
+        target: GanTarget | None = None,
         pool: str = "mean",
         z_dim: int = 64,
         cond_dim: int = 64,
@@ -103,15 +102,17 @@ class MultimodalGAN(L.LightningModule):
         grid_samples: int = 8,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["encoders", "backbone"])
+        self.save_hyperparameters(ignore=["encoders", "backbone", "target"])
         self.automatic_optimization = False
-        if target != "image":
+        target = ImageTarget() if target is None else target
+        if not isinstance(target, GanTarget):
             raise ValueError(
-                f"target must be 'image' (the only generated modality), got {target!r}"
+                f"target must be a GanTarget (ImageTarget, AudioTarget), got {target!r}"
             )
-        if target in encoders:
+        if target.name in encoders:
             raise ValueError(
-                f"the target modality {target!r} must not condition: remove encoders.{target}"
+                f"the target modality {target.name!r} must not condition: remove "
+                f"encoders.{target.name}"
             )
         if not encoders:
             raise ValueError("encoders is empty: configure at least one conditioning modality")
@@ -119,46 +120,37 @@ class MultimodalGAN(L.LightningModule):
             raise ValueError("MultimodalGAN needs single-label data, got multilabel=True")
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
-        if image_channels not in (1, 3):
-            raise ValueError(f"image_channels must be 1 or 3, got {image_channels}")
         self.class_names = list(class_names)
         self.context = FusedModel(encoders, backbone, pool)
         self.cond = nn.Sequential(nn.Linear(backbone.dim, cond_dim), nn.LayerNorm(cond_dim))
         self.aux_head = nn.Linear(backbone.dim, len(class_names)) if aux_weight > 0 else None
-        self.generator = Generator(z_dim, cond_dim, image_size, image_channels, g_width)
-        self.discriminator = Discriminator(
+        self.generator, self.discriminator = target.networks(
+            z_dim,
             cond_dim,
-            image_size,
-            image_channels,
+            g_width,
             d_width,
-            num_classes=len(class_names) if ac_weight > 0 else 0,
-            use_spectral_norm=spectral_norm,
+            len(class_names) if ac_weight > 0 else 0,
+            spectral_norm,
         )
         self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
-        self.target, self.image_size, self.image_channels = target, image_size, image_channels
+        self.target = target
         self.z_dim, self.loss = z_dim, loss
         self.lrs, self.betas = (lr_g, lr_d, lr_context), tuple(betas)
         self.r1_gamma, self.ema_decay = r1_gamma, ema_decay
         self.aux_weight, self.ac_weight, self.ms_weight = aux_weight, ac_weight, ms_weight
         self.sample_every_n_steps, self.grid_samples = sample_every_n_steps, grid_samples
         self.skipped_samples = 0  # samples that failed to decode
-        self.missing_target: set[str] = set()  # ids of samples without a target image
+        self.missing_target: set[str] = set()  # ids of samples without the target
         self._grid_batch: dict[str, Any] | None = None
 
     def setup(self, stage: str) -> None:
-        """Check that the data module's decoding fits the encoders and the generated images,
-        before the first batch."""
+        """Check that the data module's decoding fits the encoders and what is drawn, before
+        the first batch."""
         pre = getattr(getattr(self.trainer, "datamodule", None), "preprocess", None)
         if pre is None:
             return
         self.context.check_data(pre.sample_rate, pre.image_channels)
-        drawn = (self.image_size, self.image_channels)
-        if (pre.image_size, pre.image_channels) != drawn:
-            raise ConfigError(
-                f"the GAN draws image_size={self.image_size}, image_channels="
-                f"{self.image_channels} but the data decodes data.image_size={pre.image_size}, "
-                f"data.image_channels={pre.image_channels}: set each pair to the same value"
-            )
+        self.target.check_data(pre)
 
     # -- model -------------------------------------------------------------------------
     def condition(self, inputs: dict[str, Any]) -> tuple[Tensor, Tensor]:
@@ -167,13 +159,14 @@ class MultimodalGAN(L.LightningModule):
         return ctx, self.cond(ctx)
 
     def forward(self, inputs: dict[str, Any], z: Tensor, ema: bool = True) -> Tensor:
-        """Images ``(b, c, s, s)`` in ``[-1, 1]`` for ``(b, z)`` noise and the batch's inputs."""
+        """Grids ``(b, c, h, w)`` in ``[-1, 1]`` for ``(b, z)`` noise and the batch's inputs."""
         g = self.generator_ema if ema and self.ema_decay > 0 else self.generator
         return g(z, self.condition(inputs)[1])
 
     @torch.no_grad()
     def sample(self, inputs: dict[str, Any], n: int, seed: int = 0, ema: bool = True) -> Tensor:
-        """``n`` uint8 images per condition, ``(b, n, c, s, s)``; same seed, same images."""
+        """``n`` uint8 pictures per condition, ``(b, n, c, h, w)``; same seed, same pictures
+        (images, or spectrograms: see the target's ``write``/``waveforms``)."""
         was_training = self.training
         self.eval()
         _, cond = self.condition(inputs)
@@ -181,31 +174,23 @@ class MultimodalGAN(L.LightningModule):
         gen = torch.Generator().manual_seed(seed)
         z = torch.randn(b * n, self.z_dim, generator=gen).to(cond.device)
         g = self.generator_ema if ema and self.ema_decay > 0 else self.generator
-        images = g(z, cond.repeat_interleave(n, dim=0))  # (b*n, c, s, s)
+        grids = g(z, cond.repeat_interleave(n, dim=0))  # (b*n, c, h, w)
         self.train(was_training)
-        return to_uint8(images).view(b, n, *images.shape[1:])
+        return self.target.pictures(grids).view(b, n, *grids.shape[1:])
 
     # -- training ----------------------------------------------------------------------
     def _targets(self, batch: dict[str, Any]) -> tuple[dict[str, Any], Tensor, Tensor] | None:
-        """Conditioning inputs, real images ``(b, c, s, s)`` in [-1, 1] and labels of the
-        samples that have a target image; the others are counted and left out."""
-        image = batch["inputs"][self.target]
-        pixels, has = image["pixels"], image["mask"][:, 0]  # (b, k, c, s, s), (b,)
+        """Conditioning inputs, real targets ``(b, c, h, w)`` in [-1, 1] and labels of the
+        samples that have the target; the others are counted and left out."""
+        real, has = self.target.real(batch["inputs"][self.target.name])
         self.missing_target.update(
             i for i, h in zip(batch["ids"], has.tolist(), strict=True) if not h
         )
         if not has.any():
             return None
-        if pixels.shape[2:] != (self.image_channels, self.image_size, self.image_size):
-            raise ValueError(
-                f"MultimodalGAN(image_channels={self.image_channels}, image_size="
-                f"{self.image_size}) got images of shape {tuple(pixels.shape[2:])}; set the "
-                "data's image_size/image_channels and the model's alike"
-            )
         keep = has.nonzero().flatten()
         inputs = {m: _rows(batch["inputs"][m], keep) for m in self.context.encoders}
-        real = pixels[keep, 0].float().div(127.5).sub(1.0)
-        return inputs, real, batch["label"][keep]
+        return inputs, real[keep], batch["label"][keep]
 
     def _adv(self, score: Tensor, real: bool) -> Tensor:
         if self.loss == "hinge":
@@ -265,11 +250,11 @@ class MultimodalGAN(L.LightningModule):
             self.save_sample_grid(step)
 
     def _mode_seeking(self, fake: Tensor, z: Tensor, cond: Tensor) -> Tensor:
-        """Mode-seeking term (Mao et al., 2019): for half the batch, a second image from new
-        noise; the loss grows as the images' distance per unit of noise distance shrinks."""
+        """Mode-seeking term (Mao et al., 2019): for half the batch, a second output from new
+        noise; the loss grows as the outputs' distance per unit of noise distance shrinks."""
         h = fake.shape[0] // 2
         z2 = torch.randn_like(z[:h])
-        other = self.generator(z2, cond[:h])  # (h, c, s, s)
+        other = self.generator(z2, cond[:h])  # (h, c, h, w)
         ratio = (fake[:h] - other).abs().mean() / (z[:h] - z2).abs().mean()
         return 1 / (ratio + 1e-5)
 
@@ -299,7 +284,7 @@ class MultimodalGAN(L.LightningModule):
             log.warning(
                 "%d training samples had no %s to learn from and were skipped",
                 len(self.missing_target),
-                self.target,
+                self.target.name,
             )
 
     def configure_optimizers(self) -> Any:

@@ -1,10 +1,14 @@
-"""``mmctx generate`` (images from conditions) and ``mmctx gan-eval`` (how good they are).
+"""``mmctx generate`` (images or sounds from conditions) and ``mmctx gan-eval`` (how good).
 
-``generate`` draws K images per condition with a trained :class:`MultimodalGAN` and writes
-one PNG per image plus a contact sheet. ``gan-eval`` measures, without any downloaded
-network, the conditional accuracy (the share of generated images that an image-only
-classifier trained on real images assigns to the intended class) and the diversity (mean
-pairwise RMS pixel distance of images of one condition, against real images of one class).
+``generate`` draws K samples per condition with a trained :class:`MultimodalGAN` and writes
+one file per sample (a PNG image, or a WAV clip for an audio target) plus a contact sheet
+(of the images, or of the clips' spectrograms). ``gan-eval`` measures, without any
+downloaded network, the conditional accuracy (the share of generated samples that a
+classifier of the target modality alone, trained on real data, assigns to the intended
+class) and the diversity (mean pairwise RMS distance of the pictures -- pixels, or
+spectrogram bins -- of one condition, against real samples of one class).
+
+Shape legend: b = conditions, n = samples per condition, c/h/w = picture channels and sides.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import yaml
 from lightning.fabric.utilities import move_data_to_device
 from torch import Tensor
@@ -82,17 +85,21 @@ def _safe(name: str) -> str:
 
 
 GENERATE_HELP = """\
-Draw images with a trained conditional GAN (a checkpoint of `mmctx fit --config
+Draw images or sounds with a trained conditional GAN (a checkpoint of `mmctx fit --config
 configs/gan_*.yaml`). The conditions are what the GAN was trained to listen to (for
-example a spoken digit and a sentence); give them in a JSON Lines manifest (one condition
-a line, paths relative to its folder) or as one condition on the command line.
+example a spoken digit and a sentence, or a picture); give them in a JSON Lines manifest
+(one condition a line, paths relative to its folder) or as one condition on the command line.
 
-Writes OUT/<id>_<k>.png for each of the N images of each condition, and
-OUT/contact_sheet.png with one row per condition. The same --seed gives the same images.
+Writes OUT/<id>_<k>.png (an image target) or OUT/<id>_<k>.wav (an audio target: 16-bit
+mono WAV of the GAN's duration and sample rate) for each of the N samples of each
+condition, and OUT/contact_sheet.png with one row per condition (for audio, the log-mel
+spectrograms: time to the right, pitch upwards). The same --seed gives the same files.
 
 examples:
   mmctx generate --ckpt runs/gan_demo/logs/version_0/checkpoints/last.ckpt \\
       --text "please bring the seven cups" --audio seven.wav --out gen/ --n 8
+  mmctx generate --ckpt runs/gan_audio_digits/checkpoints/last.ckpt \\
+      --image ../shared/data/digits/images/7_0007.png --out gen/   # a spoken seven, as WAV
   mmctx generate --ckpt last.ckpt --manifest conditions.jsonl --out gen/
 """
 
@@ -113,7 +120,7 @@ def generate_main(argv: Sequence[str]) -> int:
         parser.add_argument(f"--{key}", action="append", help=f"{key} file (repeatable)")
     parser.add_argument("--id", default="sample", help="name of a command-line condition")
     parser.add_argument("--out", required=True, help="output folder (created)")
-    parser.add_argument("--n", type=int, default=8, help="images per condition (default: 8)")
+    parser.add_argument("--n", type=int, default=8, help="samples per condition (default: 8)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     parser.add_argument("--batch-size", type=int, default=32, help="conditions per batch")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
@@ -137,7 +144,7 @@ def generate_main(argv: Sequence[str]) -> int:
         print(f"mmctx generate: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     samples, errors = _conditions(rows, base, data_root)
-    written, failed = generate_images(
+    written, failed = generate_samples(
         model, samples, pre, Path(args.out), n=args.n, seed=args.seed,
         batch_size=args.batch_size, device=args.device,
     )  # fmt: skip
@@ -161,7 +168,7 @@ def _conditions(rows: Iterable[Row], base: Path, data_root: Any) -> tuple[list[S
     return samples, errors
 
 
-def generate_images(
+def generate_samples(
     model: MultimodalGAN,
     samples: list[Sample],
     pre: Preprocess,
@@ -172,7 +179,8 @@ def generate_images(
     batch_size: int = 32,
     device: str = "cpu",
 ) -> tuple[int, list[str]]:
-    """Draw ``n`` images per condition into ``out/<id>_<k>.png`` and ``out/contact_sheet.png``.
+    """Draw ``n`` samples per condition into ``out/<id>_<k>.png`` (or ``.wav`` for an audio
+    target) and ``out/contact_sheet.png``.
 
     Returns:
         ``(conditions drawn, one message per condition that failed to decode)``.
@@ -188,22 +196,23 @@ def generate_images(
         if not batch["ids"]:
             continue
         inputs = move_data_to_device(batch["inputs"], device)
-        images = model.sample(inputs, n, seed=seed + written).cpu()  # (b, n, c, s, s)
-        for sample_id, per in zip(batch["ids"], images, strict=True):
-            for k, image in enumerate(per):
-                write_png(out / f"{_safe(sample_id)}_{k:02d}.png", image)
+        pictures = model.sample(inputs, n, seed=seed + written).cpu()  # (b, n, c, h, w)
+        for sample_id, per in zip(batch["ids"], pictures, strict=True):
+            for k, picture in enumerate(per):
+                model.target.write(out / f"{_safe(sample_id)}_{k:02d}", picture)
             sheet_rows.append(per)
             names.append(sample_id[:12])
         written += len(batch["ids"])
     bar.close()
     if sheet_rows:
         sheet = write_png(out / "contact_sheet.png", contact_sheet(torch.stack(sheet_rows), names))
-        print(f"wrote {written * n} images of {written} conditions to {out}/ and {sheet}")
+        kind = f"{model.target.name} samples"
+        print(f"wrote {written * n} {kind} of {written} conditions to {out}/ and {sheet}")
     return written, errors
 
 
 def _pairwise(images: Tensor) -> Tensor:
-    """Mean pairwise RMS distance of ``(m, c, s, s)`` uint8 images, pixels scaled to [0, 1]."""
+    """Mean pairwise RMS distance of ``(m, c, h, w)`` uint8 pictures, values scaled to [0, 1]."""
     flat = images.flatten(1).float() / 255
     if len(flat) < 2:
         return torch.tensor(float("nan"))
@@ -212,15 +221,10 @@ def _pairwise(images: Tensor) -> Tensor:
     return dist.sum() / (m * (m - 1))
 
 
-def _classify(classifier: Any, images: Tensor, size: int, device: str) -> Tensor:
-    """Predicted class indices for ``(m, c, s, s)`` uint8 images (resized to ``size``)."""
-    if images.shape[-1] != size:
-        resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
-        images = resized.round().clamp(0, 255).to(torch.uint8)
-    pixels = images[:, None].to(device)  # (m, 1, c, s, s): one image per sample
-    mask = torch.ones(len(images), 1, dtype=torch.bool, device=device)
+def _classify(classifier: Any, inputs: dict[str, Any], device: str) -> Tensor:
+    """Predicted class indices of a classifier for a batch's ``inputs``."""
     with torch.no_grad():
-        return classifier({"image": {"pixels": pixels, "mask": mask}}).argmax(-1).cpu()
+        return classifier(move_data_to_device(inputs, device)).argmax(-1).cpu()
 
 
 class _Tally:
@@ -229,25 +233,25 @@ class _Tally:
     def __init__(self, n: int) -> None:
         self.n = n
         self.correct = self.counted = self.no_condition = 0
-        self.real_correct = self.real_counted = self.ctx_correct = 0
+        self.real_correct = self.real_counted = self.ctx_correct = self.resynth_correct = 0
         self.per_class: dict[int, list[int]] = defaultdict(lambda: [0, 0])
         self.cond_div: list[float] = []
         self.fake_by_class: dict[int, list[Tensor]] = defaultdict(list)
         self.real_by_class: dict[int, list[Tensor]] = defaultdict(list)
         self.sheet: dict[int, Tensor] = {}
 
-    def add_real(self, labels: Tensor, image: dict[str, Tensor], predict: Any) -> None:
-        """The real images of a batch (where present): diversity and the judge's accuracy."""
-        has_real, real = image["mask"][:, 0], image["pixels"][:, 0]  # (b,), (b, c, s, s)
-        for label, picture, ok in zip(labels.tolist(), real, has_real.tolist(), strict=True):
-            if ok:
-                self.real_by_class[label].append(picture)
-        if has_real.any():
-            self.real_correct += int((predict(real[has_real]) == labels[has_real]).sum())
-            self.real_counted += int(has_real.sum())
+    def add_real(self, labels: Tensor, pictures: Tensor, pred: Tensor, resynth: Tensor) -> None:
+        """Real samples of ``labels``: their ``(b, c, h, w)`` pictures (for diversity) and the
+        judge's predictions on them as they are (``pred``) and rebuilt from their pictures
+        as generated ones are (``resynth``; the same as ``pred`` for images)."""
+        for label, picture in zip(labels.tolist(), pictures, strict=True):
+            self.real_by_class[label].append(picture)
+        self.real_correct += int((pred == labels).sum())
+        self.resynth_correct += int((resynth == labels).sum())
+        self.real_counted += len(labels)
 
     def add_generated(self, labels: Tensor, fake: Tensor, pred: Tensor) -> None:
-        """``(b, n, c, s, s)`` images drawn for conditions of ``labels``, judged ``pred``."""
+        """``(b, n, c, h, w)`` pictures drawn for conditions of ``labels``, judged ``pred``."""
         hits = pred == labels[:, None]  # (b, n)
         self.correct += int(hits.sum())
         self.counted += len(labels)
@@ -266,12 +270,15 @@ class _Tally:
         cond = sum(self.cond_div) / len(self.cond_div)
         return {
             "conditions": self.counted,
-            "images": self.counted * self.n,
+            "samples": self.counted * self.n,
             "conditional_accuracy": self.correct / (self.counted * self.n),
             "per_class_accuracy": {names[k]: c / t for k, (c, t) in sorted(self.per_class.items())},
             "context_accuracy": self.ctx_correct / self.counted if has_context_head else None,
             "classifier_accuracy_real": (
                 self.real_correct / self.real_counted if self.real_counted else None
+            ),
+            "classifier_accuracy_real_resynthesised": (
+                self.resynth_correct / self.real_counted if self.real_counted else None
             ),
             "diversity_per_condition": cond,
             "diversity_per_class_generated": _class_diversity(self.fake_by_class, gen),
@@ -286,7 +293,7 @@ class _Tally:
 def _class_diversity(
     by_class: dict[int, list[Tensor]], gen: torch.Generator, cap: int = 200
 ) -> float:
-    """Mean over classes of the pairwise distance of (at most ``cap``) images of one class."""
+    """Mean over classes of the pairwise distance of (at most ``cap``) pictures of one class."""
     values = []
     for images in by_class.values():
         stack = torch.cat([x.reshape(-1, *x.shape[-3:]) for x in images])
@@ -299,7 +306,7 @@ def _class_diversity(
 def evaluate_gan(
     model: MultimodalGAN,
     classifier: Any,
-    classifier_size: int,
+    classifier_pre: Preprocess,
     batches: Iterator[tuple[dict[str, Any], list[str]]],
     *,
     n: int = 8,
@@ -311,22 +318,23 @@ def evaluate_gan(
 
     Args:
         model: The GAN (eval mode).
-        classifier: An image-only classifier trained on real images (``MultimodalClassifier``).
-        classifier_size: The image side the classifier was trained on.
-        batches: Collated labelled batches holding the conditioning modalities and the image.
-        n: Images drawn per condition.
+        classifier: A classifier of the target modality alone, trained on real data
+            (``MultimodalClassifier``); anything mapping a batch's inputs to class scores.
+        classifier_pre: The preprocessing the classifier was trained with (image side).
+        batches: Collated labelled batches holding the conditioning modalities and the target.
+        n: Samples drawn per condition.
         seed: Noise seed.
         device: Where the models run.
         total: Number of conditions, for the progress bar.
 
     Returns:
         The figures (see ``gan_eval_main``) and per-class accuracies, plus one row of
-        ``n`` generated images per class (``sheet``, ``(classes, n, c, s, s)`` uint8).
+        ``n`` generated pictures per class (``sheet``, ``(classes, n, c, h, w)`` uint8).
     """
-    tally, errors = _Tally(n), []
+    tally, errors, target = _Tally(n), [], model.target
 
-    def judge(images: Tensor) -> Tensor:
-        return _classify(classifier, images, classifier_size, device)
+    def judge(pictures: Tensor) -> Tensor:
+        return _classify(classifier, target.judge_inputs(pictures, classifier_pre), device)
 
     bar = tqdm(total=total, unit="condition", file=sys.stderr)
     for batch, failed in batches:
@@ -335,7 +343,15 @@ def evaluate_gan(
         if not batch["ids"]:
             continue
         labels = batch["label"]
-        tally.add_real(labels, batch["inputs"]["image"], judge)
+        real = batch["inputs"][target.name]
+        grids, has = target.real(real)
+        if has.any():
+            real_pictures = target.pictures(grids[has])
+            rows = _rows(real, has.nonzero()[:, 0])
+            pred = _classify(
+                classifier, target.judge_real(rows, real_pictures, classifier_pre), device
+            )
+            tally.add_real(labels[has], real_pictures, pred, judge(real_pictures))
         conditioned = torch.stack([batch["present"][m] for m in model.context.encoders]).any(0)
         tally.no_condition += int((~conditioned).sum())
         if not conditioned.any():
@@ -343,7 +359,7 @@ def evaluate_gan(
         keep = conditioned.nonzero().flatten()
         inputs = {m: _rows(batch["inputs"][m], keep) for m in model.context.encoders}
         inputs, labels = move_data_to_device(inputs, device), labels[keep]
-        fake = model.sample(inputs, n, seed=seed + tally.counted).cpu()  # (b, n, c, s, s)
+        fake = model.sample(inputs, n, seed=seed + tally.counted).cpu()  # (b, n, c, h, w)
         if model.aux_head is not None:
             with torch.no_grad():
                 ctx = model.aux_head(model.condition(inputs)[0]).argmax(-1).cpu()
@@ -357,22 +373,28 @@ def evaluate_gan(
 GAN_EVAL_HELP = """\
 Measure a trained conditional GAN without any downloaded network:
 
-  conditional accuracy  share of generated images that an image-only classifier, trained
-                        by this project on real images (configs/image_only_*.yaml), assigns
-                        to the intended class (the label of the condition they were drawn for)
-  diversity             mean pairwise RMS pixel distance (pixels in [0, 1]) of the N images
-                        of one condition, against the same figure for real images of one
-                        class; a ratio near 0 means collapse to one image per condition
+  conditional accuracy  share of generated samples that a classifier of the target modality
+                        alone, trained by this project on real data (configs/image_only_*.yaml
+                        for images, configs/audio_only_*.yaml for sounds), assigns to the
+                        intended class (the label of the condition they were drawn for);
+                        generated sounds are judged as waveforms (Griffin-Lim)
+  diversity             mean pairwise RMS distance (values in [0, 1]) of the pictures of the
+                        N samples of one condition -- the pixels of images, the log-mel
+                        spectrograms of sounds -- against the same figure for real samples
+                        of one class; a ratio near 0 means collapse to one sample per condition
 
 The conditions are the labelled samples of a split of the GAN's data (from the config the
 fit wrote beside its checkpoint, or --config) or of a --manifest. Samples that carry none
 of the conditioning modalities are left out and counted. Also reported: the classifier's
-accuracy on the real images of those samples, and the GAN context's own accuracy (the
-share of conditions that say enough to name the class at all).
+accuracy on the real samples (as they are and, for sounds, rebuilt from their spectrograms
+the way generated ones are), and the GAN context's own accuracy (the share of conditions
+that say enough to name the class at all).
 
-example:
+examples:
   mmctx gan-eval --ckpt runs/gan_digits/logs/version_0/checkpoints/last.ckpt \\
       --classifier runs/image_only_digits/logs/version_0/checkpoints/best-*.ckpt --out eval/
+  mmctx gan-eval --ckpt runs/gan_audio_digits/checkpoints/last.ckpt \\
+      --classifier runs/audio_only_digits/checkpoints/best-*.ckpt --out eval/
 """
 
 
@@ -399,12 +421,14 @@ def gan_eval_main(argv: Sequence[str], build_from_config: Callable[[list[str]], 
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--ckpt", required=True, help="GAN checkpoint written by `mmctx fit`")
-    parser.add_argument("--classifier", required=True, help="image-only classifier checkpoint")
+    parser.add_argument(
+        "--classifier", required=True, help="checkpoint of a classifier of the target modality only"
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--config", action="append", help="the GAN's YAML config(s), for its data")
     source.add_argument("--manifest", help="labelled JSON Lines manifest of conditions")
     parser.add_argument("--split", default="test", choices=["val", "test"], help="default: test")
-    parser.add_argument("--n", type=int, default=8, help="images per condition (default: 8)")
+    parser.add_argument("--n", type=int, default=8, help="samples per condition (default: 8)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     parser.add_argument("--batch-size", type=int, default=64, help="conditions per batch")
     parser.add_argument("--out", help="folder for gan_eval.json and contact_sheet.png")
@@ -416,19 +440,17 @@ def gan_eval_main(argv: Sequence[str], build_from_config: Callable[[list[str]], 
         model, pre = load_gan(args.ckpt, args.device)
         classifier = load_module(args.classifier, map_location=args.device)
         clf_pre = preprocess_from(data_settings(args.classifier))
-        if list(getattr(classifier, "encoders", {})) != ["image"]:
-            raise CheckpointError(f"{args.classifier}: not an image-only classifier")
-        if clf_pre.image_channels != model.image_channels:
+        if list(getattr(classifier, "encoders", {})) != [model.target.name]:
             raise CheckpointError(
-                f"{args.classifier}: classifies {clf_pre.image_channels}-channel images, the "
-                f"GAN draws {model.image_channels}-channel ones"
+                f"{args.classifier}: not a classifier of the GAN's target ({model.target.name}) only"
             )
+        model.target.check_judge(clf_pre, str(args.classifier))
         batches, total = _eval_batches(args, overrides, model, pre, build_from_config)
     except (OSError, CheckpointError, ValueError) as err:
         print(f"mmctx gan-eval: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     result = evaluate_gan(
-        model, classifier, clf_pre.image_size, batches, n=args.n, seed=args.seed,
+        model, classifier, clf_pre, batches, n=args.n, seed=args.seed,
         device=args.device, total=total,
     )  # fmt: skip
     sheet, labels = result.pop("sheet"), result.pop("sheet_labels")
@@ -450,8 +472,8 @@ def _eval_batches(
     pre: Preprocess,
     build_from_config: Callable[[list[str]], Any],
 ) -> tuple[Iterator[tuple[dict[str, Any], list[str]]], int]:
-    """Labelled batches of the chosen conditions, with the conditioning modalities and image."""
-    modalities = [*model.context.encoders, "image"]
+    """Labelled batches of the chosen conditions, with the conditioning modalities and target."""
+    modalities = [*model.context.encoders, model.target.name]
     labels = LabelSpace(model.class_names)
     if args.manifest:
         source = rows_from_manifest(args.manifest)
@@ -484,15 +506,16 @@ def format_result(result: dict[str, Any]) -> str:
     """The figures of :func:`evaluate_gan` as a few readable lines."""
     lines = [
         f"conditional accuracy: {result['conditional_accuracy']:.3f} "
-        f"({result['images']} images of {result['conditions']} conditions)",
+        f"({result['samples']} samples of {result['conditions']} conditions)",
         f"diversity per condition: {result['diversity_per_condition']:.4f}  "
-        f"real images per class: {result['diversity_per_class_real']:.4f}  "
+        f"real samples per class: {result['diversity_per_class_real']:.4f}  "
         f"ratio: {result['diversity_ratio']:.2f}",
         f"diversity per class, generated: {result['diversity_per_class_generated']:.4f}",
     ]
     if result["classifier_accuracy_real"] is not None:
         lines.append(
-            f"classifier accuracy on the real images: {result['classifier_accuracy_real']:.3f}"
+            f"classifier accuracy on the real samples: {result['classifier_accuracy_real']:.3f}"
+            f" (rebuilt from their pictures: {result['classifier_accuracy_real_resynthesised']:.3f})"
         )
     if result["context_accuracy"] is not None:
         lines.append(

@@ -59,3 +59,51 @@ def test_a_checkpoint_in_the_old_format_loads_and_predicts_the_same(tmp_path):
     )
     torch.testing.assert_close(loaded(batch["inputs"]), reference(batch["inputs"]))
     assert type(loaded.fused.backbone).__module__ == "mmctx.nn.backbones"
+
+
+# A GAN checkpoint of the versions that drew images only: `target: image` with the image's
+# size and channels as arguments of the GAN itself.
+OLD_GAN_CONFIG = {
+    "_class_path": "mmctx.pipelines.gan.MultimodalGAN",
+    "encoders": {"text": OLD_CONFIG["encoders"]["text"]},
+    "backbone": OLD_CONFIG["backbone"],
+    "class_names": ["a", "b", "c"],
+    "multilabel": False,
+    "target": "image",
+    "image_size": 16,
+    "image_channels": 1,
+    "z_dim": 8,
+    "cond_dim": 8,
+    "g_width": 4,
+    "d_width": 4,
+    "ac_weight": 1.0,
+    "_instantiator": "lightning.pytorch.cli.instantiate_module",
+}
+
+
+def test_an_image_gan_checkpoint_of_the_old_format_loads_and_draws_the_same(tmp_path):
+    from mmctx.pipelines import ImageTarget
+
+    torch.manual_seed(0)
+    new_config = {
+        k: v for k, v in OLD_GAN_CONFIG.items() if k not in ("image_size", "image_channels")
+    }
+    new_config["target"] = {"class_path": "mmctx.pipelines.ImageTarget", "init_args": {"size": 16}}
+    new_config["backbone"] = {
+        **OLD_CONFIG["backbone"],
+        "class_path": "mmctx.nn.TransformerBackbone",
+    }
+    reference = build_module(new_config).eval()
+    path = tmp_path / "old_gan.ckpt"
+    torch.save({"state_dict": reference.state_dict(), "hyper_parameters": OLD_GAN_CONFIG}, path)
+
+    loaded = load_module(path)
+
+    assert isinstance(loaded.target, ImageTarget)
+    assert (loaded.target.size, loaded.target.channels) == (16, 1)
+    inputs = Collate(["text"], Preprocess(), None)(
+        [{"id": "0", "line": 1, "inputs": {"text": "one two"}}]
+    )["inputs"]
+    drawn = loaded.sample(inputs, n=2, seed=3)
+    assert drawn.shape == (1, 2, 1, 16, 16)
+    assert torch.equal(drawn, reference.sample(inputs, n=2, seed=3))

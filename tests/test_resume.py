@@ -377,11 +377,11 @@ class _OneBatch(L.LightningDataModule):
 def test_gan_with_a_nan_condition_stops_before_any_weight_moves(tmp_path):
     from mmctx.encoders import AudioRNNEncoder
     from mmctx.nn.backbones import TransformerBackbone
-    from mmctx.pipelines import MultimodalGAN
+    from mmctx.pipelines import ImageTarget, MultimodalGAN
 
     encoders = {"audio": AudioRNNEncoder(sample_rate=8000, n_mels=16, hidden_dim=8, num_layers=1)}
     model = MultimodalGAN(encoders, TransformerBackbone(dim=16, depth=1, heads=2), list("ab"),
-                          image_size=16, z_dim=8, cond_dim=8, g_width=4, d_width=4,
+                          target=ImageTarget(16), z_dim=8, cond_dim=8, g_width=4, d_width=4,
                           sample_every_n_steps=0)  # fmt: skip
     waveform = torch.randn(2, 1600) * 0.1
     waveform[1, 5] = float("nan")

@@ -12,17 +12,23 @@ import torch
 
 from mmctx.encoders import AudioRNNEncoder, ImageCNNEncoder, TextTransformerEncoder
 from mmctx.nn.backbones import TransformerBackbone
-from mmctx.pipelines import Discriminator, Generator, MultimodalGAN
+from mmctx.pipelines import Discriminator, Generator, ImageTarget, MultimodalGAN
 from mmctx.pipelines.gan_images import contact_sheet
 from mmctx.pipelines.generate import _pairwise
 
 
-def _gan(**kwargs) -> MultimodalGAN:
+def _gan(image_size: int = 16, **kwargs) -> MultimodalGAN:
     encoders = {
         "text": TextTransformerEncoder(dim=16, depth=1, heads=2, vocab_size=128),
         "audio": AudioRNNEncoder(sample_rate=8000, n_mels=16, hidden_dim=8, num_layers=1),
     }
-    args = {"image_size": 16, "z_dim": 8, "cond_dim": 8, "g_width": 4, "d_width": 4}
+    args = {
+        "target": ImageTarget(image_size),
+        "z_dim": 8,
+        "cond_dim": 8,
+        "g_width": 4,
+        "d_width": 4,
+    }
     args.update(kwargs)
     return MultimodalGAN(
         encoders, TransformerBackbone(dim=16, depth=1, heads=2), list("abc"), **args
@@ -159,8 +165,7 @@ model:
     encoders:
       text: {{class_path: TextTransformerEncoder, init_args: {{dim: 16, depth: 1, heads: 2, max_tokens: 32}}}}
     backbone: {{class_path: TransformerBackbone, init_args: {{dim: 16, depth: 1, heads: 2}}}}
-    image_size: 16
-    image_channels: 1
+    target: {{class_path: ImageTarget, init_args: {{size: 16, channels: 1}}}}
     z_dim: 8
     g_width: 4
     d_width: 4
@@ -295,19 +300,15 @@ def test_gan_eval_arithmetic_against_a_hand_computed_case():
     fake = torch.zeros(3, 2, 1, 2, 2, dtype=torch.uint8)
     fake[0, 1] = 255  # condition 0: two images at RMS distance 1.0; the others identical
     tally.add_generated(labels, fake, pred=torch.tensor([[0, 0], [1, 0], [0, 0]]))
-    image = {
-        "pixels": torch.tensor([0, 255, 0], dtype=torch.uint8)
-        .view(3, 1, 1, 1, 1)
-        .expand(3, 1, 1, 2, 2),
-        "mask": torch.tensor([[True], [True], [False]]),
-    }
-    tally.add_real(labels, image, predict=lambda x: torch.tensor([0, 0]))
+    real = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 1, 2, 2)
+    tally.add_real(labels[:2], real, pred=torch.tensor([0, 0]), resynth=torch.tensor([0, 1]))
     result = tally.result(["zero", "one"], seed=0, has_context_head=False)
     assert result["conditional_accuracy"] == 3 / 6
     assert result["per_class_accuracy"] == {"zero": 1.0, "one": 0.25}
     assert result["classifier_accuracy_real"] == 0.5  # judged [0, 0] against labels [0, 1]
+    assert result["classifier_accuracy_real_resynthesised"] == 1.0
     assert result["diversity_per_condition"] == pytest.approx(1 / 3)  # (1 + 0 + 0) / 3
-    assert result["conditions"] == 3 and result["images"] == 6
+    assert result["conditions"] == 3 and result["samples"] == 6
 
 
 def test_gan_refuses_data_whose_images_differ_from_what_it_draws():
@@ -320,8 +321,7 @@ def test_gan_refuses_data_whose_images_differ_from_what_it_draws():
         {"text": TextTransformerEncoder(dim=8, depth=1, heads=2)},
         TransformerBackbone(dim=8, heads=2, depth=1),
         ["a", "b"],
-        image_size=16,
-        image_channels=1,
+        target=ImageTarget(size=16, channels=1),
     )
     fits = SimpleNamespace(datamodule=SimpleNamespace(preprocess=Preprocess(16, 1)))
     gan.trainer = fits  # noqa: B010 - setup only reads trainer.datamodule
