@@ -139,27 +139,23 @@ class _Pruner:
 
     def linear(self, name: str, rows: Tensor | None = None, cols: Tensor | None = None) -> None:
         """Keep output units ``rows`` and/or input units ``cols`` of Linear ``name``."""
-        layer = self.get(name)
-        weight, bias = layer.weight, layer.bias
-        if rows is not None:
-            weight = weight[rows]
-            bias = None if bias is None else bias[rows]
-        if cols is not None:
-            weight = weight[:, cols]
-        tensors = {"weight": weight} | ({} if bias is None else {"bias": bias})
-        self.put(name, {"out_features": weight.shape[0], "in_features": weight.shape[1]}, tensors)
+        self._narrow(name, rows, cols, ("out_features", "in_features"))
 
     def conv(self, name: str, rows: Tensor | None = None, cols: Tensor | None = None) -> None:
         """Keep output channels ``rows`` and/or input channels ``cols`` of Conv2d ``name``."""
+        self._narrow(name, rows, cols, ("out_channels", "in_channels"))
+
+    def _narrow(self, name: str, rows: Tensor | None, cols: Tensor | None, sizes: tuple) -> None:
+        """Keep rows (dim 0, and the bias) and/or columns (dim 1) of layer ``name``'s weight."""
         layer = self.get(name)
-        weight, bias = layer.weight, layer.bias  # (o, i, kh, kw), (o,)
+        weight, bias = layer.weight, layer.bias  # (o, i, ...), (o,)
         if rows is not None:
             weight = weight[rows]
             bias = None if bias is None else bias[rows]
         if cols is not None:
             weight = weight[:, cols]
         tensors = {"weight": weight} | ({} if bias is None else {"bias": bias})
-        self.put(name, {"out_channels": weight.shape[0], "in_channels": weight.shape[1]}, tensors)
+        self.put(name, {sizes[0]: weight.shape[0], sizes[1]: weight.shape[1]}, tensors)
 
     def batch_norm(self, name: str, keep: Tensor) -> None:
         state = self.get(name).state_dict()
