@@ -19,6 +19,8 @@ import json
 from pathlib import Path
 
 import torch
+from allocator import ALLOCATORS, allocator_state, run_under  # benchmarks/allocator.py
+from allocator import HELP as MALLOC_HELP
 
 from mmctx.pipelines.compress import _size_mb, load_variant, time_forward
 
@@ -31,7 +33,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, help="torch and ONNX Runtime threads")
     parser.add_argument("--out", default="benchmarks/results/compress_chain.json")
+    parser.add_argument("--malloc", choices=list(ALLOCATORS), default="default", help=MALLOC_HELP)
     args = parser.parse_args()
+    run_under(args.malloc)  # PyTorch and ONNX Runtime share this process and its malloc
     if args.threads:
         torch.set_num_threads(args.threads)
     folders = dict(item.split("=", 1) for item in args.folders)
@@ -71,6 +75,7 @@ def main() -> None:
         )
     print("\n".join(lines))
     report = {"threads": torch.get_num_threads(), "repeats": args.repeats, "models": rows}
+    report["allocator"] = {"mode": args.malloc, **allocator_state()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))

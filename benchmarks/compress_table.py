@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+from allocator import ALLOCATORS, allocator_state, run_under  # benchmarks/allocator.py
+from allocator import HELP as MALLOC_HELP
 
 from mmctx.pipelines.compress import METHODS, compress, markdown_table
 
@@ -69,7 +71,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch and ONNX Runtime threads")
     parser.add_argument("--out", default="benchmarks/results/compress_demo.json")
     parser.add_argument("--keep", help="folder for the compressed models (default: temporary)")
+    parser.add_argument("--malloc", choices=list(ALLOCATORS), default="default", help=MALLOC_HELP)
     args = parser.parse_args()
+    run_under(args.malloc)  # PyTorch and ONNX Runtime share this process and its malloc
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,6 +91,7 @@ def main() -> None:
             energy=args.energy,
             repeats=args.repeats,
         )
+    report["allocator"] = {"mode": args.malloc, **allocator_state()}
     report["machine"] = {
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,

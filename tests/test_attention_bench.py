@@ -47,3 +47,24 @@ def test_every_implementation_runs_under_the_same_allocator_settings(tmp_path):
     for r in rows:
         mapped = r["allocator_state"]["mmapped_bytes"]
         assert (mapped == 0) == (r["allocator"] == "tuned"), (r["allocator"], r["impl"], mapped)
+
+
+def test_a_benchmark_process_reruns_itself_under_the_requested_malloc_settings(tmp_path):
+    script = tmp_path / "bench.py"
+    script.write_text(
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(SCRIPT.parent)!r})\n"
+        "from allocator import allocator_state, run_under\n"
+        "run_under(sys.argv[1])\n"
+        "print(json.dumps(allocator_state()))\n"
+    )
+    env = {"MALLOC_ARENA_MAX": "1", "GLIBC_TUNABLES": "glibc.malloc.mmap_max=7"}
+    states = {}
+    for mode in ("tuned", "default"):
+        done = subprocess.run(
+            [sys.executable, str(script), mode], capture_output=True, text=True, env=env, check=True
+        )
+        states[mode] = json.loads(done.stdout)
+    assert states["tuned"]["glibc_tunables"].endswith("glibc.malloc.mmap_max=0")
+    assert states["default"]["glibc_tunables"] == ""  # the caller's own tunables are dropped
+    assert states["tuned"]["malloc_env"] == states["default"]["malloc_env"] == {}
