@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--threads", type=int, help="torch and ONNX Runtime threads")
     parser.add_argument("--out", default="benchmarks/results/compress_demo.json")
+    parser.add_argument("--root", help="folder the manifests' media paths must stay inside")
     parser.add_argument("--keep", help="folder for the compressed models (default: temporary)")
     parser.add_argument("--malloc", choices=list(ALLOCATORS), default="default", help=MALLOC_HELP)
     args = parser.parse_args()
@@ -90,6 +91,7 @@ def main() -> None:
             rank=args.rank,
             energy=args.energy,
             repeats=args.repeats,
+            root=args.root,
         )
     report["allocator"] = {"mode": args.malloc, **allocator_state()}
     report["machine"] = {

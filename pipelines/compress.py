@@ -291,9 +291,17 @@ def load_variant(variant: dict[str, Any]) -> Predictor:
 
 
 def validation_batches(
-    manifest: str | os.PathLike[str], predictor: Predictor, batch_size: int = 32
+    manifest: str | os.PathLike[str],
+    predictor: Predictor,
+    batch_size: int = 32,
+    root: str | os.PathLike[str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """The labelled samples of ``manifest`` decoded once: ``(items, errors)``."""
+    """The labelled samples of ``manifest`` decoded once: ``(items, errors)``. Media paths
+    must stay inside ``root`` (default: the manifest's folder).
+
+    Raises:
+        ValueError: Not one row of ``manifest`` could be used (the first reasons named).
+    """
     manifest = Path(manifest)
     labels = LabelSpace(predictor.class_names, predictor.multilabel)
     samples, errors = [], []
@@ -301,7 +309,14 @@ def validation_batches(
         try:
             if isinstance(row, Exception):
                 raise row
-            samples.append(parse_row(row, line, manifest.parent, modalities=predictor.modalities))
+            sample = parse_row(
+                row,
+                line,
+                manifest.parent,
+                modalities=predictor.modalities,
+                data_root=None if root is None else Path(root),
+            )
+            samples.append(sample)
         except ValueError as err:
             errors.append(f"line {line}: {err}")
     dataset = ManifestDataset(samples, labels, predictor.modalities, predictor.preprocess)
@@ -312,6 +327,9 @@ def validation_batches(
             errors.append(str(item))
         else:
             items.append(item)
+    if not items:
+        first = "; ".join(errors[:2]) or "it has no rows"
+        raise ValueError(f"no row of {manifest} could be used ({len(errors)} errors: {first})")
     return items, errors
 
 
@@ -412,9 +430,11 @@ def compress(
     rank: int | None = None,
     energy: float | None = 0.9,
     repeats: int = 30,
+    root: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Compress ``ckpt`` with ``methods`` into folders under ``out`` and write the report
-    (``report.json``, ``report.md``, ``accuracy_vs_latency.png``); returns the report."""
+    (``report.json``, ``report.md``, ``accuracy_vs_latency.png``); returns the report.
+    Manifest media paths must stay inside ``root`` (default: each manifest's folder)."""
     original = (
         Predictor.from_export(ckpt, device="cpu")
         if Path(ckpt).is_dir()
@@ -424,10 +444,14 @@ def compress(
     finetune = None
     if finetune_epochs > 0 and train_manifest is None:
         raise ValueError("finetune_epochs > 0 needs train_manifest (labelled training rows)")
-    train_items = validation_batches(train_manifest, original)[0] if train_manifest else []
+    train_items, train_errors = (
+        validation_batches(train_manifest, original, root=root) if train_manifest else ([], [])
+    )
     if finetune_epochs > 0:
         finetune = finetuner(train_items, modalities, original.preprocess, finetune_epochs)
-    items, errors = validation_batches(val_manifest, original) if val_manifest else ([], [])
+    items, errors = (
+        validation_batches(val_manifest, original, root=root) if val_manifest else ([], [])
+    )
     rows_for_ranges, calibrated_on = (
         (train_items, train_manifest) if train_items else (items, val_manifest)
     )
@@ -472,6 +496,7 @@ def compress(
         "val_manifest": None if val_manifest is None else str(val_manifest),
         "val_samples": len(items),
         "val_errors": errors,
+        "train_errors": train_errors,
         "threads": torch.get_num_threads(),
         "repeats": {"batch_1": repeats, "batch_32": max(3, repeats // 5)},
         "prune_amount": prune_amount,
@@ -603,6 +628,11 @@ def compress_main(argv: list[str]) -> int:
     )
     parser.add_argument("--finetune-epochs", type=int, default=0, help="default: %(default)s")
     parser.add_argument("--repeats", type=int, default=30, help="timed runs at batch 1")
+    parser.add_argument(
+        "--root",
+        help="folder the manifests' media paths must stay inside (default: each manifest's "
+        "folder; data modules that write manifests elsewhere name theirs as data.root)",
+    )
     args = parser.parse_args(argv)
     try:
         report = compress(
@@ -617,10 +647,15 @@ def compress_main(argv: list[str]) -> int:
             rank=args.rank,
             energy=args.energy,
             repeats=args.repeats,
+            root=args.root,
         )
     except (CheckpointError, ValueError, FileNotFoundError) as err:
         print(f"mmctx compress: error: {err}", file=sys.stderr)
         return 2
+    for split in ("train", "val"):
+        for error in report[f"{split}_errors"]:
+            print(f"skipped {getattr(args, split + '_manifest')}: {error}", file=sys.stderr)
     print(markdown_table(report))
     print(f"report: {Path(args.out) / 'report.md'}")
-    return 1 if any("error" in r for r in report["models"]) else 0
+    skipped = report["train_errors"] or report["val_errors"]
+    return 1 if skipped or any("error" in r for r in report["models"]) else 0

@@ -394,3 +394,28 @@ def test_distillation_through_the_cli_gives_a_student_predictor_loads(trained, t
     student = Predictor.from_checkpoint(next(tmp_path.rglob("best-*.ckpt")), device="cpu")
     assert student.model.fused.dim == 32
     assert student.predict(text="w1 w2")["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_compress_rows_outside_the_manifest_folder_need_root_and_bad_rows_are_reported(
+    trained, tmp_path, capsys
+):
+    data = trained["data"]
+    rows = [json.loads(line) for line in (data / "val.jsonl").read_text().splitlines()[:6]]
+    for row in rows:  # absolute paths into the data folder, from a manifest elsewhere
+        for key in ("image", "audio"):
+            if row.get(key):
+                row[key] = str((data / row[key]).resolve())
+    rows.append({"id": "broken", "text": "w1", "image": str(data / "missing.png"), "label": 1})
+    manifest = tmp_path / "lists" / "val.jsonl"
+    manifest.parent.mkdir()
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["compress", "--ckpt", str(trained["ckpt"]), "--methods", "int8", "--repeats", "1"]
+    argv += ["--val-manifest", str(manifest)]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 2  # nothing usable: a run problem
+    assert f"no row of {manifest} could be used (7 errors" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "b"), "--root", str(data)]) == 1
+    err = capsys.readouterr().err
+    assert f"skipped {manifest}: " in err and "line 7" in err and "missing.png" in err
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["val_samples"] == 6 and len(report["val_errors"]) == 1
