@@ -148,8 +148,8 @@ class MultimodalClassifier(L.LightningModule):
 
     def _step(self, batch: dict[str, Any], metrics: MetricCollection, stage: str) -> Tensor | None:
         self.skipped_samples += len(batch["errors"])
-        if not batch["ids"]:
-            return None  # every sample of this batch failed to decode (reported already)
+        if not batch["ids"]:  # every sample failed to decode (reported already)
+            return self._empty_batch_loss() if stage == "train" else None
         logits = self._logits(batch)
         target = batch["label"]
         loss = self._loss(logits, target)
@@ -164,6 +164,15 @@ class MultimodalClassifier(L.LightningModule):
         )
         self.log_dict(metrics, batch_size=bs, prog_bar=True, on_epoch=True, on_step=False)
         return loss
+
+    def _empty_batch_loss(self) -> Tensor | None:
+        """What a training step returns for a batch without a usable sample: None (no
+        optimizer step) in one process. Under DDP the other processes wait for this one in
+        the gradient all-reduce, so it returns a zero loss over every trained parameter: it
+        joins with zero gradients and their samples move the weights."""
+        if self._trainer is None or self._trainer.world_size == 1:
+            return None
+        return torch.stack([p.sum() for p in self.parameters() if p.requires_grad]).sum() * 0.0
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         return self._step(batch, self.train_metrics, "train")

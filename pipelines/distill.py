@@ -113,7 +113,7 @@ class DistillationClassifier(MultimodalClassifier):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         self.skipped_samples += len(batch["errors"])
         if not batch["ids"] or self.teacher is None:
-            return None
+            return self._empty_batch_loss()
         out = self.fused(batch["inputs"])
         logits = self.head(out.pooled)
         with torch.no_grad():

@@ -78,6 +78,20 @@ def test_batch_of_only_failed_samples_is_counted_and_skipped():
     assert model.skipped_samples == 1
 
 
+def test_under_ddp_a_batch_of_only_failed_samples_still_joins_the_gradient_all_reduce():
+    from types import SimpleNamespace
+
+    model = _model()
+    model._trainer = SimpleNamespace(world_size=2)  # what a DDP process's trainer reports
+    empty = {"ids": [], "errors": ["sample 'x' (line 1): broken"], "inputs": {}, "present": {}}
+    loss = model.training_step(empty, 0)
+    assert loss.item() == 0.0
+    loss.backward()  # every trained parameter gets a gradient, all of them zero
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and not g.any() for g in grads) and len(grads) > 10
+    assert model.validation_step(empty, 0) is None  # no gradients in validation
+
+
 def test_constructor_errors():
     with pytest.raises(
         ValueError, match="encoders\\['image'\\] is a TextTransformerEncoder for 'text'"
