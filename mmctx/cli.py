@@ -24,6 +24,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 import mmctx.data.datamodule  # noqa: F401
 import mmctx.data.stream_datamodule  # noqa: F401
@@ -320,7 +321,7 @@ class MMCtxCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except (ValueError, TypeError) as err:  # a component refused its settings
+        except (ValueError, TypeError, MisconfigurationException) as err:  # settings refused
             raise ConfigError(f"cannot build the configured run: {_config_cause(err)}") from err
         config = self.config[self.subcommand] if self.subcommand else self.config
         record_model_config(self.model, config.model)

@@ -79,3 +79,22 @@ def test_a_cache_folder_holding_other_data_is_a_clear_error_with_exit_status_2(
     )  # fmt: skip
     assert code == 2
     assert "already exists but does not hold the demo data" in capsys.readouterr().err
+
+
+def test_an_accelerator_the_machine_lacks_is_a_config_error_with_exit_status_2(
+    tmp_path, capsys, monkeypatch
+):
+    from mmctx.cli import main
+
+    monkeypatch.setattr("sys.argv", ["mmctx"])
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    demo = CONFIGS[[c.name for c in CONFIGS].index("demo.yaml")]
+    code = main(
+        ["fit", "--config", str(demo), "--data.init_args.cache_dir", str(tmp_path / "c"),
+         "--trainer.default_root_dir", str(tmp_path / "r"), "--trainer.accelerator", "gpu"]
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("mmctx fit: cannot build the configured run: ") and "gpu" in err
+    assert not (tmp_path / "c").exists()
