@@ -122,6 +122,17 @@ def test_shard_command_explains_itself_and_stops_on_a_missing_manifest(tmp_path,
     assert "no such file" in capsys.readouterr().err
 
 
+def test_a_manifest_without_one_usable_row_stops_the_shard_run(tmp_path, capsys):
+    from mmctx.cli import main
+
+    manifest = tmp_path / "rows.jsonl"
+    rows = ['{"id": "a", "audio": "gone.wav", "label": 0}', '{"id": "b", "image": "gone.png"}']
+    manifest.write_text("\n".join(rows) + "\n")
+    assert main(["shard", "--manifest", str(manifest), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"no row of {manifest} could be sharded" in err and "gone.wav" in err
+
+
 def test_stored_values_round_trip_and_damage_is_an_error():
     image = np.arange(24, dtype=np.uint8).reshape(1, 2, 3, 4)
     assert np.array_equal(decode_value(encode_value(image)), image)

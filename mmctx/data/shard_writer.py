@@ -62,7 +62,8 @@ def write_shards(
         chunk_bytes: Size of each chunk file (``64MB``, ``256kb``, bytes).
 
     Raises:
-        ConfigError: ``out`` is not empty, or ``chunk_bytes`` is not a size.
+        ConfigError: ``out`` is not empty, ``chunk_bytes`` is not a size, or not one row of
+            ``manifest`` could be used.
     """
     from litdata.streaming.writer import BinaryWriter
 
@@ -86,6 +87,9 @@ def write_shards(
         length = estimate_length(sample, modalities=dataset.handlers, preprocess=preprocess)
         writer[report.written] = to_record(sample, loaded["inputs"], names, length)
         report.written += 1
+    if not report.written:  # LitData's merge would wait forever for an index of no chunks
+        first = "; ".join(report.problems[:2]) or "it has no rows"
+        raise ConfigError(f"no row of {manifest} could be sharded ({first})")
     writer.done()
     writer.merge()
     report.seconds = time.perf_counter() - start
