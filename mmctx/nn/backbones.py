@@ -47,10 +47,17 @@ class _SelfAttention(nn.Module):
     def split(self, x: Tensor, parts: slice = slice(0, 3)) -> list[Tensor]:
         """Project ``(b, n, d)`` to the chosen ones of q, k, v, each ``(b, h, n, e)``.
 
-        ``qkv`` is called as a layer (so compression can swap it: factorised, quantised, or
-        with heads pruned, ``h * e`` narrower than ``d``); unwanted parts are dropped after."""
+        ``qkv`` is called as a layer (so compression finds it and can swap it: factorised,
+        quantised, or with heads pruned, ``h * e`` narrower than ``d``). For a subset of the
+        parts (the segment memory needs no queries) a plain ``nn.Linear`` computes only
+        those; a swapped-in layer is called whole and the rest dropped."""
         b, n, _ = x.shape
-        proj = self.qkv(x).view(b, n, 3, self.heads, -1)[:, :, parts]  # (b, n, 3', h, e)
+        if parts != slice(0, 3) and type(self.qkv) is nn.Linear:
+            w = self.qkv.weight.view(3, -1, x.shape[-1])[parts]  # (3', h * e, d)
+            bias = None if self.qkv.bias is None else self.qkv.bias.view(3, -1)[parts].flatten()
+            proj = F.linear(x, w.flatten(0, 1), bias).view(b, n, w.shape[0], self.heads, -1)
+        else:
+            proj = self.qkv(x).view(b, n, 3, self.heads, -1)[:, :, parts]  # (b, n, 3', h, e)
         return list(proj.permute(2, 0, 3, 1, 4).unbind(0))
 
     def merge(self, y: Tensor) -> Tensor:
