@@ -143,7 +143,13 @@ class AudioRNNEncoder(ModalityEncoder):
         return FeatureSequence(out * mask[..., None], mask)  # an empty clip gives zeros too
 
     def _run_rnn(self, steps: Tensor, n_valid: Tensor) -> Tensor:
-        """The RNN over ``(b, n, f)`` steps of which the first ``n_valid`` count; pads are 0."""
+        """The RNN over ``(b, n, f)`` steps of which the first ``n_valid`` count; pads are 0.
+
+        Training on CPU takes :func:`_unpacked_rnn` (same outputs): the backward pass of a
+        packed sequence there costs O(n^2), a full-size gradient per time step.
+        """
+        if self.training and torch.is_grad_enabled() and steps.device.type == "cpu":
+            return _unpacked_rnn(self.rnn, steps, n_valid)
         packed = pack_padded_sequence(
             steps, n_valid.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False
         )
@@ -163,3 +169,36 @@ class AudioRNNEncoder(ModalityEncoder):
         if used.numel():
             out = out.index_copy(0, used, self._run_rnn(chunks[used], lengths[used]))
         return out.reshape(b, k * chunk, self.out_dim)[:, :n]
+
+
+def _unpacked_rnn(rnn: nn.GRU | nn.LSTM, steps: Tensor, n_valid: Tensor) -> Tensor:
+    """``rnn``'s output on padded ``(b, n, f)`` steps, layer by layer and direction by direction.
+
+    The forward direction runs over the padded batch (padding comes after every valid step);
+    the reverse direction runs forward over each sequence flipped within its valid length.
+    Outputs past ``n_valid`` are zeroed, as ``pad_packed_sequence`` leaves them.
+    """
+    n = steps.shape[1]
+    if bool((n_valid >= n).all()):  # no padding anywhere: the module itself is exact
+        return rnn(steps)[0]
+    t = torch.arange(n, device=steps.device)[None]
+    valid = t < n_valid.clamp_min(1)[:, None]  # (b, n)
+    flip = torch.where(valid, n_valid.clamp_min(1)[:, None] - 1 - t, t)[..., None]  # (b, n, 1)
+    x = steps
+    for layer in range(rnn.num_layers):
+        if layer and rnn.dropout:
+            x = nn.functional.dropout(x, rnn.dropout, rnn.training)
+        ahead = _rnn_layer(rnn, x, layer, "")
+        back = _rnn_layer(rnn, x.gather(1, flip.expand_as(x)), layer, "_reverse")
+        x = torch.cat([ahead, back.gather(1, flip.expand_as(back))], -1)
+    return x * valid[..., None]
+
+
+def _rnn_layer(rnn: nn.GRU | nn.LSTM, x: Tensor, layer: int, suffix: str) -> Tensor:
+    """One layer, one direction of ``rnn`` over batch-first ``x`` from a zero state."""
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    params = [getattr(rnn, f"{name}_l{layer}{suffix}") for name in names]
+    h0 = x.new_zeros(1, x.shape[0], rnn.hidden_size)
+    if isinstance(rnn, nn.LSTM):
+        return torch.lstm(x, (h0, h0), params, True, 1, 0.0, rnn.training, False, True)[0]
+    return torch.gru(x, h0, params, True, 1, 0.0, rnn.training, False, True)[0]

@@ -120,6 +120,31 @@ def test_audio_chunks_are_independent_rnn_runs():
             assert not got[n:].any()  # positions past the audio stay zero
 
 
+@pytest.mark.parametrize("rnn", ["gru", "lstm"])
+def test_audio_training_path_without_packing_matches_the_packed_rnn(rnn):
+    """Training on CPU runs the RNN unpacked (a packed backward is O(n^2) there): same
+    outputs, zeros past each length, same gradients, for both directions and two layers."""
+    torch.manual_seed(0)
+    enc = AudioRNNEncoder(sample_rate=8000, n_mels=3, hidden_dim=5, num_layers=2, rnn=rnn)
+    steps = torch.randn(4, 9, 6)
+    n_valid = torch.tensor([9, 4, 1, 0])
+    grads = []
+    for training in (True, False):  # train mode: unpacked; eval mode: packed
+        enc.train(training)
+        x = steps.clone().requires_grad_()
+        out = enc._run_rnn(x, n_valid)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append((out.detach(), x.grad, [p.grad.clone() for p in enc.rnn.parameters()]))
+        enc.zero_grad()
+    (out_u, dx_u, dw_u), (out_p, dx_p, dw_p) = grads
+    assert out_u.shape == out_p.shape == (4, 9, 10)
+    torch.testing.assert_close(out_u, out_p, atol=1e-6, rtol=1e-5)
+    assert not out_u[1, 4:].any() and not out_u[3, 1:].any()
+    torch.testing.assert_close(dx_u, dx_p, atol=1e-6, rtol=1e-5)
+    for a, b in zip(dw_u, dw_p):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
 def test_audio_chunking_covering_the_clip_is_the_plain_encoder():
     torch.manual_seed(0)
     kw = dict(sample_rate=8000, n_mels=16, hop_ms=10, subsample=2, hidden_dim=8, num_layers=1)
