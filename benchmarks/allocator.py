@@ -10,10 +10,11 @@ glibc actually holds (:func:`allocator_state`) in their JSON.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import sys
+
+from mmctx.allocator import ENV as MMCTX_ENV
+from mmctx.allocator import malloc_state
 
 # GLIBC_TUNABLES of each mode; a process gets exactly this value (and no MALLOC_* variables)
 ALLOCATORS = {
@@ -25,11 +26,6 @@ HELP = (
     "allocation) or 'tuned' (GLIBC_TUNABLES trim threshold 2 GiB, mmap off: freed memory is "
     "reused); every implementation runs under the same one"
 )
-_MALLINFO2 = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
-
-
-class _MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2: ten size_t fields
-    _fields_ = [(name, ctypes.c_size_t) for name in _MALLINFO2.split()]  # noqa: SIM905
 
 
 def allocator_env(mode: str, env: dict[str, str] | None = None) -> dict[str, str]:
@@ -37,23 +33,13 @@ def allocator_env(mode: str, env: dict[str, str] | None = None) -> dict[str, str
     env = {k: v for k, v in (os.environ if env is None else env).items()}
     env = {k: v for k, v in env.items() if not k.startswith("MALLOC_")}
     env["GLIBC_TUNABLES"] = ALLOCATORS[mode]
+    env[MMCTX_ENV] = "default"  # an mmctx command in there must not change malloc itself
     return env
 
 
 def allocator_state() -> dict:
-    """The malloc settings this process runs with and what glibc holds right now: bytes in
-    mmapped blocks (0 when mmap is off) and in the heap."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    libc.mallinfo2.restype = _MallInfo2
-    libc.gnu_get_libc_version.restype = ctypes.c_char_p
-    info = libc.mallinfo2()
-    return {
-        "glibc": libc.gnu_get_libc_version().decode(),
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
-        "mmapped_bytes": info.hblkhd,
-        "heap_bytes": info.arena,
-    }
+    """The malloc settings this process runs with and what glibc holds right now."""
+    return malloc_state()
 
 
 def run_under(mode: str) -> None:
@@ -61,6 +47,7 @@ def run_under(mode: str) -> None:
     re-execute the same command line with them (glibc reads them only at start-up)."""
     wanted = allocator_env(mode)
     current = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
-    if os.environ.get("GLIBC_TUNABLES", "") == wanted["GLIBC_TUNABLES"] and not current:
+    same = os.environ.get("GLIBC_TUNABLES", "") == wanted["GLIBC_TUNABLES"]
+    if same and not current and os.environ.get(MMCTX_ENV) == "default":
         return
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], wanted)

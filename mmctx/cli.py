@@ -34,6 +34,7 @@ import mmctx.encoders  # noqa: F401
 # Imported so that short class names in configs resolve.
 import mmctx.nn.backbones  # noqa: F401
 import mmctx.pipelines  # noqa: F401
+from mmctx.allocator import reuse_freed_memory
 from mmctx.checkpoints import plain_config
 from mmctx.data.modalities import ENTRY_POINT_GROUPS, load_entry_points
 from mmctx.errors import EXIT_NON_FINITE, EXIT_USAGE, ConfigError, one_line, run_command
@@ -485,6 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(OVERVIEW)
         return 0
+    reuse_freed_memory()  # MMCTX_MALLOC=default: glibc as it comes
     if args[0] in OWN_COMMANDS:
         load_plugins()
         return run_command(args[0], OWN_COMMANDS[args[0]], args[1:])  # exit 3 on a bug
