@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from mmctx.allocator import reuse_freed_memory
 from mmctx.cli import lightning_cli
 from mmctx.features import FeatureSequence
 
@@ -82,6 +83,7 @@ def profile_batch(model, optimizer, batch) -> dict[str, float]:
 
 
 def run(args) -> dict:
+    tuned = reuse_freed_memory()  # as the mmctx command does (MMCTX_MALLOC=default: not)
     argv = [arg for cfg in args.config for arg in ("--config", cfg)] + args.overrides
     cli = lightning_cli(argv, run=False, save_config_callback=None)
     model, dm = cli.model, cli.datamodule
@@ -101,6 +103,7 @@ def run(args) -> dict:
         "config": args.config,
         "overrides": args.overrides,
         "threads": torch.get_num_threads(),
+        "malloc_reuses_freed_memory": tuned,
         "steps": rows,
     }
 
