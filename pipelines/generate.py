@@ -234,6 +234,8 @@ class _Tally:
         self.n = n
         self.correct = self.counted = self.no_condition = 0
         self.real_correct = self.real_counted = self.ctx_correct = self.resynth_correct = 0
+        self.ctx_right_correct = 0  # generated samples judged right, of conditions ...
+        self.ctx_right_counted = 0  # ... whose context names the class
         self.per_class: dict[int, list[int]] = defaultdict(lambda: [0, 0])
         self.cond_div: list[float] = []
         self.fake_by_class: dict[int, list[Tensor]] = defaultdict(list)
@@ -250,11 +252,19 @@ class _Tally:
         self.resynth_correct += int((resynth == labels).sum())
         self.real_counted += len(labels)
 
-    def add_generated(self, labels: Tensor, fake: Tensor, pred: Tensor) -> None:
-        """``(b, n, c, h, w)`` pictures drawn for conditions of ``labels``, judged ``pred``."""
+    def add_generated(
+        self, labels: Tensor, fake: Tensor, pred: Tensor, context: Tensor | None = None
+    ) -> None:
+        """``(b, n, c, h, w)`` pictures drawn for conditions of ``labels``, judged ``pred``
+        ``(b, n)``; ``context`` ``(b,)``: the class the GAN's context head names, if it has one."""
         hits = pred == labels[:, None]  # (b, n)
         self.correct += int(hits.sum())
         self.counted += len(labels)
+        if context is not None:
+            right = context == labels
+            self.ctx_correct += int(right.sum())
+            self.ctx_right_correct += int(hits[right].sum())
+            self.ctx_right_counted += int(right.sum()) * self.n
         for label, images, row_hits in zip(labels.tolist(), fake, hits, strict=True):
             self.per_class[label][0] += int(row_hits.sum())
             self.per_class[label][1] += self.n
@@ -274,6 +284,10 @@ class _Tally:
             "conditional_accuracy": self.correct / (self.counted * self.n),
             "per_class_accuracy": {names[k]: c / t for k, (c, t) in sorted(self.per_class.items())},
             "context_accuracy": self.ctx_correct / self.counted if has_context_head else None,
+            # what the generator makes of a condition that names the class
+            "conditional_accuracy_context_right": (
+                self.ctx_right_correct / self.ctx_right_counted if self.ctx_right_counted else None
+            ),
             "classifier_accuracy_real": (
                 self.real_correct / self.real_counted if self.real_counted else None
             ),
@@ -360,11 +374,11 @@ def evaluate_gan(
         inputs = {m: _rows(batch["inputs"][m], keep) for m in model.context.encoders}
         inputs, labels = move_data_to_device(inputs, device), labels[keep]
         fake = model.sample(inputs, n, seed=seed + tally.counted).cpu()  # (b, n, c, h, w)
+        ctx = None
         if model.aux_head is not None:
             with torch.no_grad():
                 ctx = model.aux_head(model.condition(inputs)[0]).argmax(-1).cpu()
-            tally.ctx_correct += int((ctx == labels).sum())
-        tally.add_generated(labels, fake, judge(fake.flatten(0, 1)).view(-1, n))
+        tally.add_generated(labels, fake, judge(fake.flatten(0, 1)).view(-1, n), ctx)
     bar.close()
     result = tally.result(model.class_names, seed, model.aux_head is not None)
     return {**result, "failed_samples": errors}
@@ -387,8 +401,9 @@ The conditions are the labelled samples of a split of the GAN's data (from the c
 fit wrote beside its checkpoint, or --config) or of a --manifest. Samples that carry none
 of the conditioning modalities are left out and counted. Also reported: the classifier's
 accuracy on the real samples (as they are and, for sounds, rebuilt from their spectrograms
-the way generated ones are), and the GAN context's own accuracy (the share of conditions
-that say enough to name the class at all).
+the way generated ones are), the GAN context's own accuracy (the share of conditions
+that say enough to name the class at all) and the conditional accuracy over just those
+conditions (what the generator makes of a condition that names the class).
 
 examples:
   mmctx gan-eval --ckpt runs/gan_digits/logs/version_0/checkpoints/last.ckpt \\
@@ -520,6 +535,11 @@ def format_result(result: dict[str, Any]) -> str:
     if result["context_accuracy"] is not None:
         lines.append(
             f"context accuracy (the condition names the class): {result['context_accuracy']:.3f}"
+        )
+    if result["conditional_accuracy_context_right"] is not None:
+        lines.append(
+            "conditional accuracy where the context names the class: "
+            f"{result['conditional_accuracy_context_right']:.3f}"
         )
     lines.append(
         "per class: " + ", ".join(f"{k}={v:.2f}" for k, v in result["per_class_accuracy"].items())

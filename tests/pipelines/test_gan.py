@@ -309,6 +309,24 @@ def test_gan_eval_arithmetic_against_a_hand_computed_case():
     assert result["classifier_accuracy_real_resynthesised"] == 1.0
     assert result["diversity_per_condition"] == pytest.approx(1 / 3)  # (1 + 0 + 0) / 3
     assert result["conditions"] == 3 and result["samples"] == 6
+    assert result["context_accuracy"] is None
+    assert result["conditional_accuracy_context_right"] is None
+
+
+def test_gan_eval_splits_accuracy_by_whether_the_context_names_the_class():
+    from mmctx.pipelines.generate import _Tally
+
+    tally = _Tally(n=2)
+    labels = torch.tensor([0, 1, 1])
+    fake = torch.zeros(3, 2, 1, 2, 2, dtype=torch.uint8)
+    pred = torch.tensor([[0, 1], [1, 1], [1, 1]])
+    tally.add_generated(labels, fake, pred, context=torch.tensor([0, 0, 1]))  # 2nd: wrong
+    real = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 1, 2, 2)
+    tally.add_real(labels[1:], real, pred=labels[1:], resynth=labels[1:])
+    result = tally.result(["zero", "one"], seed=0, has_context_head=True)
+    assert result["conditional_accuracy"] == 5 / 6
+    assert result["context_accuracy"] == 2 / 3
+    assert result["conditional_accuracy_context_right"] == 3 / 4  # conditions 1 and 3 only
 
 
 def test_gan_refuses_data_whose_images_differ_from_what_it_draws():

@@ -215,3 +215,22 @@ def test_the_judge_hears_a_clip_up_to_where_its_sound_ends():
     assert 1000 <= lengths[0] <= 1000 + 3 * 128 and lengths[1] == 4000
     inputs = target.judge_inputs(pictures, Preprocess(sample_rate=RATE))["audio"]
     assert torch.equal(inputs["lengths"], lengths) and inputs["waveform"].shape == (2, 4000)
+
+
+def test_a_spectrogram_of_the_dtmf_band_keeps_every_dtmf_tone_apart():
+    # the demo config's grid: 48 mel bins over 600-1700 Hz. Each of the seven DTMF tones
+    # (the low ones 73-89 Hz apart) gets its own loudest row, and comes back at its pitch.
+    from mmctx.datasets.demo import DTMF
+
+    target = AudioTarget(RATE, seconds=0.5, n_mels=48, n_fft=512, hop_length=256,
+                         f_min=600, f_max=1700)  # fmt: skip
+    tones = sorted({f for pair in DTMF.values() for f in pair})
+    t = torch.arange(4000) / RATE
+    waves = torch.stack([0.5 * torch.sin(2 * torch.pi * f * t) for f in tones])
+    grids = target.grids(waves)  # (7, 1, 48, 16), highest bin on top
+    rows = grids[:, 0].mean(2).argmax(1)
+    assert torch.all(rows[1:] < rows[:-1])  # higher tone, higher row: all seven apart
+    assert torch.all(rows[:-1] - rows[1:] >= 2)  # with at least one row between neighbours
+    rebuilt = target.waveforms(target.pictures(grids)).numpy()
+    peaks = np.argmax(np.abs(np.fft.rfft(rebuilt, axis=1)), axis=1) * RATE / 4000
+    assert np.abs(peaks - np.array(tones)).max() < 16  # one FFT bin at most
