@@ -198,7 +198,9 @@ def encode_in_windows(
     Window ``k`` covers tokens ``[k * stride, k * stride + window)``. Each token takes its
     features from the window where it sits farthest from an edge that has context cut off:
     with overlap ``o = window - stride``, window ``k`` supplies tokens from
-    ``k * stride + o // 2`` on. No position is duplicated or dropped.
+    ``k * stride + o // 2`` on, up to each row's own last window (the last one a row of its
+    length alone would have), so a short text padded in a batch of longer ones gets the
+    features it gets alone. No position is duplicated or dropped.
 
     Args:
         encode: Maps ``(b', window)`` ids and mask to ``(b', window, d)`` features.
@@ -224,5 +226,10 @@ def encode_in_windows(
     )
     out = out.view(b, count, window, -1)  # (b, windows, window, d)
     t = torch.arange(n, device=ids.device)
-    owner = torch.div(t - (window - stride) // 2, stride, rounding_mode="floor").clamp(0, count - 1)
-    return out[:, owner, t - owner * stride]  # (b, n, d)
+    owner = torch.div(t - (window - stride) // 2, stride, rounding_mode="floor").clamp_min(0)
+    length = mask[:, :n].sum(1)  # real tokens come first, padding after
+    last = torch.div((length - window).clamp_min(0) + stride - 1, stride, rounding_mode="floor")
+    owner = torch.minimum(owner[None], last[:, None])  # (b, n)
+    rows = torch.arange(b, device=ids.device)[:, None]
+    inside = (t - owner * stride).clamp(max=window - 1)  # only padding is past a row's end
+    return out[rows, owner, inside]  # (b, n, d)

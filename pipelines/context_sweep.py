@@ -198,7 +198,8 @@ Does a trained long-context model use all of its input? This command writes test
 the long-context demo (configs/longctx_demo.yaml) with the one clue (the digit's word in the
 text, its DTMF burst in the audio) placed at chosen relative positions, at several lengths
 given as multiples of the training length (the config's data.text_words and
-data.audio_seconds), and scores each checkpoint on every length x position cell.
+data.audio_seconds; for a model trained on mixed lengths, data.length_range, these are the
+nominal length), and scores each checkpoint on every length x position cell.
 
 For each checkpoint it writes OUT/NAME/sweep.json, sweep.csv and heatmap.png (rows: input
 length, columns: where the clue sits), and with several checkpoints OUT/context_sweep.png,
@@ -321,6 +322,13 @@ def sweep_spec_from(datamodule: Any, args: argparse.Namespace) -> SweepSpec:
         raise ConfigError(f"{err} (from --lengths, --positions, --per-cell or --seed)") from err
 
 
+def training_length(data: Any) -> dict[str, Any]:
+    """The nominal training length of the long-context spec ``data`` (scale 1 of the grid),
+    and the range of scales its training samples were drawn from when they vary."""
+    nominal = {"text_words": data.text_words, "audio_seconds": data.audio_seconds}
+    return {**nominal, "scales": list(data.length_range)} if data.length_range else nominal
+
+
 def _data_folder(datamodule: Any, spec: SweepSpec, data_dir: str | None) -> Path:
     if data_dir:
         return Path(data_dir)
@@ -350,10 +358,7 @@ def context_sweep_main(
         print(f"mmctx context-sweep: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     info = {
-        "training_length": {
-            "text_words": spec.base.text_words,
-            "audio_seconds": spec.base.audio_seconds,
-        },
+        "training_length": training_length(datamodule.spec),
         "scales": list(spec.scales),
         "bins": spec.bins,
         "per_cell": spec.per_cell,

@@ -17,6 +17,7 @@ CONFIG_OVERLAYS = {
     "longctx_dense.yaml": "longctx_demo.yaml",
     "longctx_segment.yaml": "longctx_demo.yaml",
     "longctx_small_truncated.yaml": "longctx_small.yaml",
+    "longctx_mixed.yaml": "longctx_small.yaml",
     "ddp.yaml": "demo_shards.yaml",
     "fsdp.yaml": "demo_shards.yaml",
 }

@@ -19,6 +19,7 @@ from mmctx.pipelines.context_sweep import (
     format_grid,
     named_checkpoints,
     sweep_accuracy,
+    training_length,
     write_sweep,
 )
 
@@ -232,3 +233,12 @@ def test_context_sweep_runs_end_to_end_on_trained_checkpoints(tmp_path, capsys, 
     assert capsys.readouterr().out.count("(same checkpoint and grid)") == 2
     assert json.loads((out / "a" / "sweep.json").read_text()) == reports["a"]
     assert (out / "context_sweep.png").is_file()
+
+
+def test_reports_name_the_training_length_and_any_range_it_was_drawn_from() -> None:
+    assert training_length(BASE) == {"text_words": 40, "audio_seconds": 1.0}
+    mixed = LongSpec(num_samples=10, audio_seconds=2.0, text_words=40, length_range=(0.5, 2))
+    assert training_length(mixed) == {"text_words": 40, "audio_seconds": 2.0, "scales": [0.5, 2]}
+    # The grid's inputs are fixed lengths of the nominal one, whatever the training mix.
+    grid = SweepSpec(mixed, scales=(1, 3), bins=2, per_cell=1)
+    assert grid.scaled(3) == LongSpec(num_samples=10, audio_seconds=6.0, text_words=120)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,13 @@ import soundfile as sf
 
 from mmctx.data.manifest import read_manifest
 from mmctx.datasets.demo import _VOCAB, DIGIT_WORDS, DTMF
-from mmctx.datasets.longctx import _LEADS, LongSpec, make_longctx_dataset
+from mmctx.datasets.longctx import (
+    _LEADS,
+    LongSpec,
+    SweepSpec,
+    make_longctx_dataset,
+    make_sweep_dataset,
+)
 from mmctx.io import read_audio, read_text
 from mmctx.tokenizer import HashTokenizer
 
@@ -204,3 +212,117 @@ def test_bad_spec_values_are_refused_by_name(field: str, value: object) -> None:
 def test_fractions_must_leave_room_for_training() -> None:
     with pytest.raises(ValueError, match="test_fraction"):
         LongSpec(val_fraction=0.5, test_fraction=0.5)
+
+
+# Mixed training lengths (LongSpec.length_range).
+
+
+def _digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for name, data in _all_files(root).items():
+        digest.update(name.encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def test_without_a_length_range_the_files_are_those_of_earlier_versions(tmp_path: Path) -> None:
+    # Digests of every file (names and bytes) as written before length_range existed.
+    spec = LongSpec(num_samples=12, seed=3, audio_seconds=1.5, text_words=40)
+    make_longctx_dataset(tmp_path / "a", spec)
+    assert _digest(tmp_path / "a") == (
+        "02a7c1fcfaec3cf792ebdf1c756e8f39766463a1d53a871a531560e05dda545f"
+    )
+    base = LongSpec(audio_seconds=1.0, text_words=20, length_range=(1.0, 3.0))
+    grid = SweepSpec(base, scales=(1, 2), bins=2, per_cell=2, seed=4)
+    assert grid.base.length_range is None  # the grid never varies the length it asks for
+    make_sweep_dataset(tmp_path / "s", grid)
+    assert _digest(tmp_path / "s") == (
+        "dfbaeaae4ec639a20ed596a1fbb36847350de904156c97325ec54681171d9592"
+    )
+    # A cache written then still counts as this spec's data, and not as a mixed-length one's.
+    assert make_longctx_dataset(tmp_path / "a", spec)["train"].is_file()
+    with pytest.raises(ValueError, match="does not hold"):
+        make_longctx_dataset(tmp_path / "a", replace(spec, length_range=(1.0, 1.5)))
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, LongSpec, dict, dict]:
+    spec = LongSpec(
+        num_samples=60, seed=2, audio_seconds=2.0, text_words=100, length_range=[0.5, 2]
+    )
+    root = tmp_path_factory.mktemp("mixed") / "data"
+    paths = make_longctx_dataset(root, spec)
+    splits = {name: _read_jsonl(path) for name, path in paths.items()}
+    truth = {t["id"]: t for t in _read_jsonl(root / "truth.jsonl")}
+    return root, spec, splits, truth
+
+
+def test_training_lengths_spread_over_the_range_and_the_rest_stay_nominal(mixed) -> None:
+    root, spec, splits, truth = mixed
+    assert spec.length_range == (0.5, 2.0)
+    scales = []
+    for row in splits["train"]:
+        t = truth[row["id"]]
+        scale = t["audio_seconds"] / spec.audio_seconds
+        assert 0.5 <= scale <= 2.0
+        assert t["text_words"] == round(scale * spec.text_words)
+        assert len((root / row["text_path"]).read_text().split()) == t["text_words"]
+        assert sf.info(root / row["audio"]).frames == round(t["audio_seconds"] * 8000)
+        scales.append(scale)
+    assert len(scales) == 42 and min(scales) < 0.7 and max(scales) > 1.8
+    assert 0.25 <= np.mean(np.array(scales) < 1.0) <= 0.5  # a third expected
+    for row in splits["val"] + splits["test"]:
+        assert "text_words" not in truth[row["id"]]
+        assert len((root / row["text_path"]).read_text().split()) == spec.text_words
+        assert sf.info(root / row["audio"]).frames == 2 * 8000
+
+
+def test_mixed_length_clues_sit_where_truth_says_anywhere_in_the_input(mixed) -> None:
+    root, spec, splits, truth = mixed
+    share = []
+    for row in splits["train"]:
+        t = truth[row["id"]]
+        words = (root / row["text_path"]).read_text().split()
+        assert words[t["word_index"]] == DIGIT_WORDS[row["label"]]
+        assert [i for i, w in enumerate(words) if w in DIGIT_WORDS] == [t["word_index"]]
+        clip, rate = sf.read(root / row["audio"])
+        start, n = round(t["onset_seconds"] * rate), round(t["burst_seconds"] * rate)
+        assert start + n <= len(clip)
+        peaks, strength = _pair_strength(clip[start : start + n], rate, DTMF[row["label"]])
+        assert np.allclose(peaks, DTMF[row["label"]], atol=15) and strength > 20
+        share.append(t["word_index"] / len(words))
+    assert min(share) < 0.25 and max(share) > 0.75  # relative positions spread over the input
+
+
+def test_mixed_lengths_are_deterministic_per_seed(tmp_path: Path) -> None:
+    spec = LongSpec(num_samples=12, seed=3, audio_seconds=1.5, text_words=40, length_range=(1, 2))
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        make_longctx_dataset(tmp_path / name, replace(spec, seed=seed))
+    a, b, c = (_all_files(tmp_path / name) for name in "abc")
+    assert a == b and a["truth.jsonl"] != c["truth.jsonl"]
+    fixed = _all_files(
+        make_longctx_dataset(tmp_path / "f", replace(spec, length_range=None))["train"].parent
+    )
+    # Only the training samples change length; validation and test keep their files.
+    nominal = [r["id"] for r in _read_jsonl(tmp_path / "a" / "val.jsonl")]
+    assert all(a[f"audio/{i}.wav"] == fixed[f"audio/{i}.wav"] for i in nominal)
+    trained = [r["id"] for r in _read_jsonl(tmp_path / "a" / "train.jsonl")]
+    assert all(a[f"audio/{i}.wav"] != fixed[f"audio/{i}.wav"] for i in trained)
+
+
+@pytest.mark.parametrize("value", [(0.0, 1.0), (1.5, 1.0), (0.5,), (0.4, 1.0), (0.5, 1.0, 2.0)])
+def test_bad_length_ranges_are_refused_by_name(value: tuple) -> None:
+    # (0.4, 1.0): 0.4 x 2 s is shorter than the 1 s a clip needs.
+    with pytest.raises(ValueError, match="LongSpec.length_range="):
+        LongSpec(audio_seconds=2.0, text_words=100, length_range=value)
+
+
+def test_the_data_module_passes_the_range_and_keeps_its_own_cache(tmp_path: Path) -> None:
+    from mmctx.datasets.modules import LongContextDataModule
+
+    plain = LongContextDataModule(num_samples=20, audio_seconds=2, text_words=50)
+    mixed = LongContextDataModule(
+        num_samples=20, audio_seconds=2, text_words=50, length_range=[0.5, 1.5]
+    )
+    assert plain.spec.length_range is None and mixed.spec.length_range == (0.5, 1.5)
+    assert mixed.folder.name == plain.folder.name + "-r0.5-1.5"

@@ -66,7 +66,8 @@ _MAX_TONE_SECONDS = 0.35
 VIDEO_FPS = 4.0  # frame rate of the demo videos
 _VIDEO_FOURCC = "MJPG"  # Motion-JPEG in AVI: OpenCV writes and reads it, byte-stable
 _VIDEO_DRIFT = 1.0  # largest glyph motion, in pixels per frame along each axis
-_LATER_FIELDS = ("video_frames",)  # may be missing from older COMPLETE files, meaning 0
+# Options added later: missing from older COMPLETE files, meaning off (0 or None).
+_LATER_FIELDS = ("video_frames", "length_range")
 
 
 def check_spec(spec: Any, **extra: bool) -> None:
@@ -319,11 +320,15 @@ def _generate(root: Path, spec: DemoSpec, progress: bool) -> None:
 
 
 def _without_off_fields(record: Any) -> Any:
-    """A spec record without the later fields that are 0 (off): caches written before those
-    fields existed match the same spec."""
+    """A spec record (and the records nested in it) without the later fields that are off (0
+    or None): caches written before those fields existed match the same spec."""
     if not isinstance(record, dict):
         return record
-    return {k: v for k, v in record.items() if not (k in _LATER_FIELDS and v == 0)}
+    return {
+        k: _without_off_fields(v)
+        for k, v in record.items()
+        if not (k in _LATER_FIELDS and (v is None or v == 0))
+    }
 
 
 def _holds(out: Path, spec: Any, what: str) -> bool:

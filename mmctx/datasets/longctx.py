@@ -13,6 +13,13 @@ noise, WAV encoding, split cutting); only the layout is longer. Sample ``i`` dra
 1])``, so dropping a modality leaves the other unchanged. ``truth.jsonl`` records where each clue
 sits (for analysis; models must not read it).
 
+With ``LongSpec.length_range = (lo, hi)`` the training samples vary in length: sample ``i``
+of the train split draws a scale ``s`` uniformly from ``[lo, hi]`` (from
+``np.random.default_rng([seed, i, 2])``) and gets ``round(s * text_words)`` words and ``s *
+audio_seconds`` of audio, its clue still uniform over the whole input; validation and test
+samples keep the nominal length, so their accuracy stays comparable with fixed-length
+training. Without it (the default) the files are exactly those of earlier versions.
+
 :func:`make_sweep_dataset` writes test inputs with the clue at a chosen place instead: a grid of
 input lengths (multiples of the training length) by relative clue positions, for asking how
 accuracy depends on where the evidence sits and how long the input is (``mmctx context-sweep``).
@@ -36,6 +43,7 @@ from mmctx.datasets.demo import (
     _make_audio,
     _split_indices,
     _wav_bytes,
+    _without_off_fields,
     _write_jsonl,
     build_once,
     check_spec,
@@ -71,6 +79,10 @@ class LongSpec:
         text_words: Words in each text (>= 10); one of them is the digit's word.
         modalities: Which of ``"text"`` and ``"audio"`` every sample carries (non-empty, no
             repeats); each carried modality holds the answer.
+        length_range: ``(lo, hi)``: each training sample's length is a scale drawn uniformly
+            from ``[lo, hi]`` times ``text_words`` and ``audio_seconds`` (0 < lo <= hi, the
+            shortest still a valid length); validation and test stay at scale 1. None: every
+            sample has the nominal length.
     """
 
     num_samples: int = 600
@@ -81,12 +93,14 @@ class LongSpec:
     audio_seconds: float = 30.0
     text_words: int = 3000
     modalities: tuple[str, ...] = MODALITIES
+    length_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         """Raise a ValueError naming the first field whose value is out of range."""
-        if isinstance(self.modalities, (list, tuple)):  # a list would not round-trip otherwise
-            object.__setattr__(self, "modalities", tuple(self.modalities))
-        mods = self.modalities
+        for name in ("modalities", "length_range"):  # a list would not round-trip otherwise
+            if isinstance(getattr(self, name), (list, tuple)):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        mods, scales = self.modalities, self.length_range
         check_spec(
             self,
             audio_seconds=self.audio_seconds >= 1.0,
@@ -95,6 +109,20 @@ class LongSpec:
             and len(mods) > 0
             and len(set(mods)) == len(mods)
             and set(mods) <= set(MODALITIES),
+            length_range=scales is None
+            or (
+                len(scales) == 2
+                and 0 < scales[0] <= scales[1]
+                and scales[0] * self.audio_seconds >= 1.0
+                and round(scales[0] * self.text_words) >= _MIN_TEXT_WORDS
+            ),
+        )
+
+    def scaled(self, scale: float) -> LongSpec:
+        """The fixed-length spec of inputs ``scale`` times this one's length."""
+        words = max(_MIN_TEXT_WORDS, round(scale * self.text_words))
+        return replace(
+            self, text_words=words, audio_seconds=scale * self.audio_seconds, length_range=None
         )
 
 
@@ -137,11 +165,17 @@ def _move_burst(clip: np.ndarray, onset: int, length: int, at: float) -> tuple[n
 
 
 def _make_sample(
-    index: int, label: int, spec: LongSpec, demo: DemoSpec, root: Path
+    index: int, label: int, spec: LongSpec, root: Path, varied: bool
 ) -> tuple[dict, dict]:
-    """Write sample ``index``'s files under ``root``; return its manifest row and truth row."""
+    """Write sample ``index``'s files under ``root``, at a length drawn from
+    ``spec.length_range`` if ``varied``; return its manifest row and truth row."""
     rngs = [np.random.default_rng([spec.seed, index, part]) for part in (0, 1)]
-    return _write_sample(f"long-{index:06d}", label, rngs, spec, demo, root)
+    if not (varied and spec.length_range):
+        return _write_sample(f"long-{index:06d}", label, rngs, spec, _as_demo_spec(spec), root)
+    lo, hi = spec.length_range
+    data = spec.scaled(float(np.random.default_rng([spec.seed, index, 2]).uniform(lo, hi)))
+    row, truth = _write_sample(f"long-{index:06d}", label, rngs, data, _as_demo_spec(data), root)
+    return row, {**truth, "text_words": data.text_words, "audio_seconds": data.audio_seconds}
 
 
 def _write_sample(
@@ -178,21 +212,29 @@ def _generate(root: Path, spec: LongSpec, progress: bool) -> None:
     """Write every file of the dataset into the empty folder ``root``, ending with COMPLETE."""
     for folder in spec.modalities:
         (root / folder).mkdir()
-    demo = _as_demo_spec(spec)
     master = np.random.default_rng(spec.seed)
     labels = master.permutation(np.arange(spec.num_samples) % 10)
     order = master.permutation(spec.num_samples)
+    splits = _split_indices(_as_demo_spec(spec), order)
+    training = set(splits["train"].tolist())
     indices = range(spec.num_samples)
     if progress:
         from tqdm.auto import tqdm
 
         indices = tqdm(indices, desc="long-context data", unit="sample")
-    made = [_make_sample(i, int(labels[i]), spec, demo, root) for i in indices]
+    made = [_make_sample(i, int(labels[i]), spec, root, i in training) for i in indices]
     rows, truths = zip(*made, strict=True)
-    for name, picked in _split_indices(demo, order).items():
+    for name, picked in splits.items():
         _write_jsonl(root / f"{name}.jsonl", [rows[i] for i in picked])
     _write_jsonl(root / "truth.jsonl", list(truths))
-    (root / "COMPLETE").write_text(json.dumps(asdict(spec), sort_keys=True) + "\n")
+    _write_complete(root, spec)
+
+
+def _write_complete(root: Path, spec: LongSpec | SweepSpec) -> None:
+    """Write ``COMPLETE``: the spec as JSON, without the options that are off (so data made
+    without them has the same bytes as before they existed)."""
+    record = _without_off_fields(asdict(spec))
+    (root / "COMPLETE").write_text(json.dumps(record, sort_keys=True) + "\n")
 
 
 def make_longctx_dataset(
@@ -236,7 +278,8 @@ class SweepSpec:
 
     Attributes:
         base: The training data: its text and clip lengths are scale 1, and its sample rate
-            and modalities are kept (its size, seed and split fractions are not used).
+            and modalities are kept (its size, seed, split fractions and length range are
+            not used).
         scales: Input lengths as multiples of the training length (non-empty, each > 0, no
             repeats); e.g. ``(1, 2, 3, 4)``.
         bins: Position bins (>= 1).
@@ -254,6 +297,7 @@ class SweepSpec:
         """Raise a ValueError naming the first field whose value is out of range."""
         if isinstance(self.base, dict):  # as read back from COMPLETE
             object.__setattr__(self, "base", LongSpec(**self.base))
+        object.__setattr__(self, "base", replace(self.base, length_range=None))
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
         checks = {
             "scales": len(self.scales) > 0
@@ -271,8 +315,7 @@ class SweepSpec:
 
     def scaled(self, scale: float) -> LongSpec:
         """The data spec of inputs ``scale`` times the training length."""
-        words = max(_MIN_TEXT_WORDS, round(scale * self.base.text_words))
-        return replace(self.base, text_words=words, audio_seconds=scale * self.base.audio_seconds)
+        return self.base.scaled(scale)
 
     def cells(self) -> Iterator[tuple[int, float, int]]:
         """``(cell index, scale, bin)`` of every cell, scales outermost."""
@@ -314,7 +357,7 @@ def _generate_sweep(root: Path, spec: SweepSpec, progress: bool) -> None:
                 bar.update()
     _write_jsonl(root / "sweep.jsonl", rows)
     _write_jsonl(root / "truth.jsonl", truths)
-    (root / "COMPLETE").write_text(json.dumps(asdict(spec), sort_keys=True) + "\n")
+    _write_complete(root, spec)
 
 
 def make_sweep_dataset(

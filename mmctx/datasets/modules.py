@@ -125,6 +125,9 @@ class LongContextDataModule(MultimodalDataModule):
         audio_seconds: Length of each noise clip holding one DTMF burst.
         text_words: Length of each distractor text holding one telling sentence.
         modalities_generated: Which modalities the samples carry.
+        length_range: ``[lo, hi]``: train on mixed lengths, each training sample ``s`` times
+            ``text_words`` and ``audio_seconds`` long with ``s`` uniform in ``[lo, hi]``
+            (validation and test stay at the nominal length). None: one length for all.
         cache_dir: Folder for the generated data (default: under ``default_cache_dir()``).
         **kwargs: Any other :class:`MultimodalDataModule` argument.
     """
@@ -136,6 +139,7 @@ class LongContextDataModule(MultimodalDataModule):
         audio_seconds: float = 30.0,
         text_words: int = 3000,
         modalities_generated: list[str] | None = None,
+        length_range: list[float] | None = None,
         cache_dir: str | None = None,
         **kwargs,
     ) -> None:
@@ -150,8 +154,11 @@ class LongContextDataModule(MultimodalDataModule):
             audio_seconds=audio_seconds,
             text_words=text_words,
             modalities=generated,
+            length_range=length_range,
         )
         name = f"long-n{num_samples}-s{seed}-a{audio_seconds:g}-w{text_words}-{'+'.join(generated)}"
+        if length_range:
+            name += "-r{:g}-{:g}".format(*length_range)
         self.folder = Path(cache_dir) if cache_dir else default_cache_dir() / name
         self.use_generated(split_manifests(self.folder))
 

@@ -252,6 +252,33 @@ def test_windows_are_stitched_without_duplicates_or_gaps():
     assert out[0, :, 1].tolist() == [0, 1, 2, 3, 4, 5] + [1, 2, 3, 4, 5] * 2 + [1, 2, 3, 4, 5, 6, 7]
 
 
+def test_a_padded_row_takes_its_tokens_from_its_own_windows():
+    # Row 1 has 12 tokens: alone its windows start at 0 and 5, and tokens 11 and 12 come
+    # from the window at 5 (offsets 5, 6); the batch's longer row must not move them into
+    # the window at 10, which a row of 12 tokens alone never has.
+    ids = torch.arange(1, 24)[None].repeat(2, 1)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[1, 12:] = False
+
+    def encode(win_ids, win_mask):
+        offset = torch.arange(win_ids.shape[1]).expand_as(win_ids)
+        return torch.stack((win_ids.float(), offset.float()), dim=-1)
+
+    out = encode_in_windows(encode, ids, mask, window=8, stride=5)
+    alone = encode_in_windows(encode, ids[1:, :12], mask[1:, :12], window=8, stride=5)
+    assert out[1, :12].tolist() == alone[0].tolist()
+    assert out[1, :12, 1].tolist() == [0, 1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 6]
+    assert out[0, :, 1].tolist() == [0, 1, 2, 3, 4, 5] + [1, 2, 3, 4, 5] * 2 + [1, 2, 3, 4, 5, 6, 7]
+
+    enc = TextTransformerEncoder(
+        dim=16, depth=1, heads=2, vocab_size=64, window=8, stride=5, dropout=0.0
+    ).eval()
+    texts = [" ".join(f"w{i}" for i in range(n)) for n in (12, 30)]
+    both = enc({"text": texts, "present": torch.tensor([True, True])})
+    short = enc({"text": texts[:1], "present": torch.tensor([True])})
+    torch.testing.assert_close(short.features[0], both.features[0, :12], atol=1e-5, rtol=1e-4)
+
+
 def test_builtin_text_encoder_reads_long_texts_in_windows():
     enc = TextTransformerEncoder(
         dim=16, depth=1, heads=2, vocab_size=64, max_tokens=100, window=8, stride=6
