@@ -41,7 +41,8 @@ memory (the corpus is decoded once per stage and kept). At inference, ``mmctx in
 --index`` uses a faiss index built by ``mmctx index build`` from the same checkpoint.
 
 Which corpus: the data module's ``corpus_manifest(stage)`` when it has one (the code-word
-demo switches to a new corpus for testing), else ``corpus``.
+demo switches to a new corpus for testing), else ``corpus`` (``"train"``: the data module's
+own training manifest).
 
 Shape legend: b = batch, k = neighbours, c = corpus items, d = model width.
 """
@@ -80,7 +81,8 @@ class RetrievalClassifier(MultimodalClassifier):
         encoders: As for :class:`MultimodalClassifier`.
         backbone: As for :class:`MultimodalClassifier`.
         class_names: As for :class:`MultimodalClassifier`.
-        corpus: Manifest of the corpus (used when the data module names none).
+        corpus: Manifest of the corpus (used when the data module names none); ``"train"``:
+            the data module's training manifest, the training set as the memory.
         k: Neighbours per sample.
         mode: ``"frozen"`` (fixed retriever) or ``"realm"`` (trained retriever, marginal
             likelihood over neighbours).
@@ -159,9 +161,12 @@ class RetrievalClassifier(MultimodalClassifier):
             raise ValueError("RetrievalClassifier needs a data module (for decoding the corpus)")
         return dm, dm.preprocess
 
-    def load_corpus(self, manifest: str | Path, modalities: Any, preprocess: Any) -> None:
+    def load_corpus(
+        self, manifest: str | Path, modalities: Any, preprocess: Any, root: Path | None = None
+    ) -> None:
         """Decode every row of ``manifest`` (kept in memory) and embed it; bad rows are
-        logged with their line and cause and left out."""
+        logged with their line and cause and left out. ``root``: the folder every path must
+        stay inside (default: the manifest's), as the data module's ``root``."""
         path = Path(manifest)
         items, ids = [], []
         samples = []
@@ -170,7 +175,14 @@ class RetrievalClassifier(MultimodalClassifier):
                 if isinstance(row, Exception):
                     raise row
                 samples.append(
-                    parse_row(row, line, path.parent, modalities=modalities, check_labels=False)
+                    parse_row(
+                        row,
+                        line,
+                        path.parent,
+                        modalities=modalities,
+                        data_root=root,
+                        check_labels=False,
+                    )  # fmt: skip
                 )
             except Exception as err:  # noqa: BLE001 - one bad row never ends the run
                 log.warning("corpus %s line %d skipped: %s", path, line, err)
@@ -220,10 +232,14 @@ class RetrievalClassifier(MultimodalClassifier):
         is loaded already: the data module's ``corpus_manifest(stage)``, else ``corpus``."""
         dm, pre = self._data_side()
         manifest = dm.corpus_manifest(stage) if hasattr(dm, "corpus_manifest") else self.corpus
+        if manifest == "train":  # the training set as the memory
+            manifest = dm.manifests.get("train")
         if manifest is None:
             raise ValueError("RetrievalClassifier: no corpus (set model corpus: PATH)")
         if self._corpus is None or self._corpus["source"] != str(manifest):
-            self.load_corpus(manifest, dm.modality_handlers, pre)
+            root = getattr(dm, "root", None)
+            root = Path(root).expanduser() if root is not None else None
+            self.load_corpus(manifest, dm.modality_handlers, pre, root)
 
     def on_fit_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)

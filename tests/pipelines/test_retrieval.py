@@ -446,3 +446,22 @@ def test_codeword_data_names_each_querys_evidence(tmp_path):
         world, code = key.split("-")
         assert row["text"].split()[1] == world and code in row["text"].split()
         assert corpus[key].endswith(digits[row["label"]])
+
+
+def test_corpus_train_is_the_data_modules_training_set(tmp_path):
+    from types import SimpleNamespace
+
+    from mmctx.data import Preprocess
+    from mmctx.data.modalities import resolve_modalities
+
+    model = _tiny("frozen", CORPUS, tmp_path)
+    model.corpus = "train"
+    rows = [{"id": f"t{i}", "text": t, "label": 0} for i, t in enumerate(["one", "two"])]
+    (tmp_path / "data").mkdir()
+    train = tmp_path / "data" / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dm = SimpleNamespace(manifests={"train": str(train)}, root=str(tmp_path / "data"),
+                         modality_handlers=resolve_modalities(["text"]))  # fmt: skip
+    model._data_side = lambda: (dm, Preprocess())
+    model._use_corpus("test")
+    assert model._corpus["ids"] == ["t0", "t1"] and model._corpus["source"] == str(train)
