@@ -182,7 +182,7 @@ class RetrievalClassifier(MultimodalClassifier):
                         modalities=modalities,
                         data_root=root,
                         check_labels=False,
-                    )  # fmt: skip
+                    )
                 )
             except Exception as err:  # noqa: BLE001 - one bad row never ends the run
                 log.warning("corpus %s line %d skipped: %s", path, line, err)
