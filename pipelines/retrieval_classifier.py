@@ -464,7 +464,7 @@ class RetrievalClassifier(MultimodalClassifier):
 
     def _log_evidence(self, idx: Tensor, scores: Tensor, rows: Tensor) -> None:
         known = rows >= 0
-        if not known.any():
+        if self._trainer is None or not known.any():  # logged in training only
             return
         found = (idx == rows[:, None])[known].float()  # (n, k)
         weight = (scores[known].detach() / self.temperature).softmax(-1)
