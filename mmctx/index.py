@@ -24,6 +24,14 @@ On disk (:meth:`VectorIndex.save`) an index is a folder of three files:
   items: a fingerprint of its weights, and the checkpoint it came from), plus ``base``,
   the folder the rows' relative paths start from.
 
+``VectorIndex.load(folder, mmap=True)`` maps ``index.faiss`` into memory instead of reading
+it (faiss ``IO_FLAG_MMAP_IFC``, every kind offered here; a faiss without that flag reads
+the file as before): pages are read when searched, shared between processes, and a large
+index opens at once. Such an index is read-only (changing it is a ``ValueError``; faiss
+would abort the process). :meth:`VectorIndex.save` writes a new
+``index.faiss`` beside the old and renames it into place, so a process that has the old one
+mapped keeps reading it intact.
+
 faiss is imported inside the functions that use it.
 
 Shape legend: n = items, q = queries, d = vector width, k = neighbours.
@@ -113,6 +121,7 @@ class VectorIndex:
     items: dict[int, tuple[str, dict[str, Any]]] = field(default_factory=dict, repr=False)
     next_n: int = 0
     _faiss: Any = field(default=None, repr=False)
+    read_only: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.dim <= 0:
@@ -157,9 +166,10 @@ class VectorIndex:
         """Add items: ``vectors`` ``(n, d)`` (normalised here), their ids and manifest rows.
 
         Raises:
-            ValueError: A width other than ``dim``, lengths that differ, or an id that is
-                already in the index or repeated.
+            ValueError: A width other than ``dim``, lengths that differ, an id that is
+                already in the index or repeated, or an index loaded memory-mapped.
         """
+        self._check_writable()
         x = normalise(vectors)
         rows = rows if rows is not None else [{"id": key} for key in ids]
         if x.shape[1] != self.dim:
@@ -196,7 +206,9 @@ class VectorIndex:
 
         Raises:
             KeyError: An id that is not in the index (nothing is removed then).
+            ValueError: The index was loaded memory-mapped (read-only).
         """
+        self._check_writable()
         unknown = [key for key in ids if key not in self._by_id]
         if unknown:
             raise KeyError(f"not in the index: {unknown[:10]}")
@@ -228,6 +240,13 @@ class VectorIndex:
     def vectors(self, ids: list[str]) -> np.ndarray:
         """The stored (normalised) vectors of ``ids``, ``(n, d)``."""
         return self._vectors_by_number(np.array([self._by_id[k] for k in ids], dtype=np.int64))
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ValueError(
+                "this index was loaded memory-mapped and is read-only: load it with "
+                "VectorIndex.load(folder, mmap=False) to change it"
+            )
 
     def set_vectors(self, ids: list[str], vectors: Any) -> None:
         """Replace the vectors of items already in the index (e.g. re-embedded with a
@@ -306,7 +325,9 @@ class VectorIndex:
         out.mkdir(parents=True, exist_ok=True)
         if self._faiss is None:
             self._faiss = self._make("flat" if self.kind == "auto" else self.kind)
-        faiss.write_index(self._faiss, str(out / INDEX_FILE))
+        partial = out / (INDEX_FILE + ".partial")
+        faiss.write_index(self._faiss, str(partial))
+        os.replace(partial, out / INDEX_FILE)  # a reader mapping the old file keeps it whole
         with open(out / ITEMS_FILE, "w", encoding="utf-8") as f:
             for n, (key, row) in self.items.items():
                 f.write(json.dumps({"n": n, "id": key, "row": row}) + "\n")
@@ -326,8 +347,9 @@ class VectorIndex:
         return out
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str]) -> VectorIndex:
-        """Read a folder written by :meth:`save`.
+    def load(cls, folder: str | os.PathLike[str], mmap: bool = False) -> VectorIndex:
+        """Read a folder written by :meth:`save`; with ``mmap``, map ``index.faiss`` into
+        memory instead of reading it (the index is then read-only).
 
         Raises:
             IndexMismatchError: A missing or unreadable file, named.
@@ -351,7 +373,9 @@ class VectorIndex:
                     if line.strip():
                         item = json.loads(line)
                         items[int(item["n"])] = (str(item["id"]), item["row"])
-            index = faiss.read_index(str(folder / INDEX_FILE))
+            mapped = getattr(faiss, "IO_FLAG_MMAP_IFC", 0)  # an older faiss reads the file
+            flags = mapped | faiss.IO_FLAG_READ_ONLY if mmap else 0
+            index = faiss.read_index(str(folder / INDEX_FILE), flags)
         except (ValueError, KeyError, TypeError, RuntimeError, UnicodeDecodeError) as err:
             raise IndexMismatchError(f"{folder}: not a readable mmctx index ({err})") from None
         out = cls(
@@ -372,5 +396,5 @@ class VectorIndex:
                 f"{folder / INDEX_FILE}: holds {index.ntotal} vectors of width {index.d}, "
                 f"{META_FILE} and {ITEMS_FILE} say {len(items)} of width {out.dim}"
             )
-        out._faiss = index
+        out._faiss, out.read_only = index, mmap
         return out

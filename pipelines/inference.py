@@ -206,7 +206,7 @@ class Predictor:
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        index = VectorIndex.load(folder)
+        index = VectorIndex.load(folder, mmap=True)
         fused = self.model.fused
         index.check_model(fingerprint(retriever_state(self.model)), fused.dim, folder)
         self.index, self.retrieve_k, self._index_folder = index, k, Path(folder)

@@ -8,10 +8,13 @@ backbone reads query and neighbours together.
 - ``mode="frozen"``: the retriever is a frozen copy of the fused model as it was built (or
   loaded); queries and corpus are embedded by it once per stage. One backbone pass reads
   the sample with all ``k`` neighbours.
-- ``mode="realm"``: the retriever is the fused model being trained. The prediction
+- ``mode="realm"``: the retriever is trained. As in REALM, it is a fused model of its own
+  (a copy of the reader's as built), so what the reader learns never moves the retrieval
+  space under it (sharing one encoder, the reader's first steps scattered the queries away
+  from their entries: the evidence hit rate fell from 0.78 to 0.03). The prediction
   marginalises over the neighbours, ``p(y|x) = sum_z softmax(s(x, z) / T)_z p(y|x, z)``
   (one backbone pass per neighbour), so gradients reach the query encoder through the
-  retrieval scores. The corpus embeddings go stale as the encoder learns; they are
+  retrieval scores. The corpus embeddings go stale as the retriever learns; they are
   recomputed every ``refresh_every_n_steps`` optimizer steps (cost: one forward pass over the
   whole corpus, no gradient, each refresh).
 
@@ -24,12 +27,22 @@ own item among the others of a batch of corpus items (in-batch softmax, contrast
 uses the corpus alone, no labels; cost: ``warm_start_steps`` forward and backward passes
 over two batches of corpus items, once per fit.
 
+A curriculum (``curriculum_steps``, REALM-style "gold document" training): when the data
+module names each training sample's evidence, the corpus item that answers it
+(``evidence(ids)``), then for the first ``curriculum_steps`` optimizer steps that item is put
+among the sample's neighbours whenever retrieval missed it (it replaces the last one), and
+the retriever is held fixed, so the reader learns to read before the retriever learns from
+the reader. Afterwards retrieval alone decides. With evidence known, training logs
+``train/evidence_retrieved`` (the share of samples whose evidence was among the ``k``
+retrieved, before any insertion) and ``train/evidence_weight`` (its mean retrieval weight).
+
 In training, neighbours are found by exact inner product over the corpus embeddings held in
 memory (the corpus is decoded once per stage and kept). At inference, ``mmctx infer
 --index`` uses a faiss index built by ``mmctx index build`` from the same checkpoint.
 
 Which corpus: the data module's ``corpus_manifest(stage)`` when it has one (the code-word
-demo switches to a new corpus for testing), else ``corpus``.
+demo switches to a new corpus for testing), else ``corpus`` (``"train"``: the data module's
+own training manifest).
 
 Shape legend: b = batch, k = neighbours, c = corpus items, d = model width.
 """
@@ -50,6 +63,7 @@ from torch import Tensor, nn
 from mmctx.data import Collate, ManifestDataset, SampleError
 from mmctx.data.manifest import iter_rows, parse_row
 from mmctx.encoders import ModalityEncoder
+from mmctx.errors import ConfigError
 from mmctx.features import FeatureSequence
 from mmctx.nn.backbones import FusionBackbone
 from mmctx.transforms.text import WordDeletion
@@ -67,7 +81,8 @@ class RetrievalClassifier(MultimodalClassifier):
         encoders: As for :class:`MultimodalClassifier`.
         backbone: As for :class:`MultimodalClassifier`.
         class_names: As for :class:`MultimodalClassifier`.
-        corpus: Manifest of the corpus (used when the data module names none).
+        corpus: Manifest of the corpus (used when the data module names none); ``"train"``:
+            the data module's training manifest, the training set as the memory.
         k: Neighbours per sample.
         mode: ``"frozen"`` (fixed retriever) or ``"realm"`` (trained retriever, marginal
             likelihood over neighbours).
@@ -83,6 +98,9 @@ class RetrievalClassifier(MultimodalClassifier):
         warm_start_lr: Learning rate (AdamW) of that pre-training.
         min_weight: REALM, inference only: neighbours whose retrieval weight is below it
             are not read (:meth:`worth_reading`; 0: read all ``k``).
+        curriculum_steps: Training steps during which each sample's evidence item (the
+            data module's ``evidence(ids)``) is guaranteed among its neighbours and the
+            retriever is held fixed (0: none).
         **kwargs: Any other :class:`MultimodalClassifier` argument.
     """
 
@@ -101,16 +119,21 @@ class RetrievalClassifier(MultimodalClassifier):
         warm_start_steps: int = 0,
         warm_start_lr: float = 1e-3,
         min_weight: float = 1e-3,
+        curriculum_steps: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(encoders, backbone, class_names, **kwargs)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if k < 1 or refresh_every_n_steps < 0 or temperature <= 0 or warm_start_steps < 0:
+        if min(k - 1, refresh_every_n_steps, warm_start_steps, curriculum_steps) < 0 or (
+            temperature <= 0
+        ):
             raise ValueError(
                 "need k >= 1, refresh_every_n_steps >= 0, temperature > 0, warm_start_steps "
-                f">= 0; got {k}, {refresh_every_n_steps}, {temperature}, {warm_start_steps}"
+                f">= 0, curriculum_steps >= 0; got {k}, {refresh_every_n_steps}, "
+                f"{temperature}, {warm_start_steps}, {curriculum_steps}"
             )
+        self.curriculum_steps = curriculum_steps
         self.warm_start_steps, self.warm_start_lr = warm_start_steps, warm_start_lr
         self.min_weight = min_weight
         self.corpus, self.mode, self.retrieval_k = corpus, mode, k
@@ -121,13 +144,14 @@ class RetrievalClassifier(MultimodalClassifier):
                 f"neighbour_tokens must be 'pooled' or 'sequence', got {neighbour_tokens!r}"
             )
         self.neighbour_tokens = neighbour_tokens
-        self.retriever = copy.deepcopy(self.fused) if mode == "frozen" else None
-        if self.retriever is not None:
+        self.retriever = copy.deepcopy(self.fused)  # REALM: trained; frozen: fixed
+        if mode == "frozen":
             self.retriever.requires_grad_(False)
         dim = backbone.dim
         self.retrieved_type = nn.Parameter(torch.randn(dim) * 0.02)
         self.score_embed = nn.Parameter(torch.randn(dim) * 0.02)
         self._corpus: dict[str, Any] | None = None  # ids, items, vectors (c, d); per stage
+        self.register_load_state_dict_pre_hook(_retriever_from_reader)
 
     # -- the corpus ------------------------------------------------------------------------
 
@@ -137,9 +161,12 @@ class RetrievalClassifier(MultimodalClassifier):
             raise ValueError("RetrievalClassifier needs a data module (for decoding the corpus)")
         return dm, dm.preprocess
 
-    def load_corpus(self, manifest: str | Path, modalities: Any, preprocess: Any) -> None:
+    def load_corpus(
+        self, manifest: str | Path, modalities: Any, preprocess: Any, root: Path | None = None
+    ) -> None:
         """Decode every row of ``manifest`` (kept in memory) and embed it; bad rows are
-        logged with their line and cause and left out."""
+        logged with their line and cause and left out. ``root``: the folder every path must
+        stay inside (default: the manifest's), as the data module's ``root``."""
         path = Path(manifest)
         items, ids = [], []
         samples = []
@@ -148,7 +175,14 @@ class RetrievalClassifier(MultimodalClassifier):
                 if isinstance(row, Exception):
                     raise row
                 samples.append(
-                    parse_row(row, line, path.parent, modalities=modalities, check_labels=False)
+                    parse_row(
+                        row,
+                        line,
+                        path.parent,
+                        modalities=modalities,
+                        data_root=root,
+                        check_labels=False,
+                    )
                 )
             except Exception as err:  # noqa: BLE001 - one bad row never ends the run
                 log.warning("corpus %s line %d skipped: %s", path, line, err)
@@ -182,7 +216,7 @@ class RetrievalClassifier(MultimodalClassifier):
     @torch.no_grad()
     def refresh_corpus(self, batch_size: int = 64) -> None:
         """Embed the whole corpus with the current retriever (no gradient, eval mode)."""
-        retriever = self.retriever if self.retriever is not None else self.fused
+        retriever = self.retriever
         was = retriever.training
         retriever.eval()
         chunks = []
@@ -198,12 +232,23 @@ class RetrievalClassifier(MultimodalClassifier):
         is loaded already: the data module's ``corpus_manifest(stage)``, else ``corpus``."""
         dm, pre = self._data_side()
         manifest = dm.corpus_manifest(stage) if hasattr(dm, "corpus_manifest") else self.corpus
+        if manifest == "train":  # the training set as the memory
+            manifest = dm.manifests.get("train")
         if manifest is None:
             raise ValueError("RetrievalClassifier: no corpus (set model corpus: PATH)")
         if self._corpus is None or self._corpus["source"] != str(manifest):
-            self.load_corpus(manifest, dm.modality_handlers, pre)
+            root = getattr(dm, "root", None)
+            root = Path(root).expanduser() if root is not None else None
+            self.load_corpus(manifest, dm.modality_handlers, pre, root)
 
     def on_fit_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if self.curriculum_steps and not hasattr(dm, "evidence"):
+            raise ConfigError(
+                f"model curriculum_steps: {self.curriculum_steps} needs a data module that "
+                "names each sample's evidence (evidence(ids), e.g. CodeWordDataModule); "
+                f"{type(dm).__name__} does not: set curriculum_steps: 0"
+            )
         if self.warm_start_steps and self.global_step == 0:  # not again when resuming
             self._use_corpus("train")
             self.warm_start_retriever(self.warm_start_steps, lr=self.warm_start_lr)
@@ -242,7 +287,7 @@ class RetrievalClassifier(MultimodalClassifier):
         batch's other items (cross-entropy over ``view @ items.T / temperature``).
         """
         self._ensure_corpus_loaded()
-        retriever = self.retriever if self.retriever is not None else self.fused
+        retriever = self.retriever
         trainable = {p: p.requires_grad for p in retriever.parameters()}
         retriever.requires_grad_(True)
         optimizer = torch.optim.AdamW(retriever.parameters(), lr=lr)
@@ -288,11 +333,9 @@ class RetrievalClassifier(MultimodalClassifier):
 
     # -- retrieval and reading -------------------------------------------------------------
 
-    def _query(self, inputs: dict[str, Any]) -> Tensor:
-        """Normalised query vectors ``(b, d)``; with gradient in REALM mode."""
-        if self.retriever is None:
-            return F.normalize(self.fused(inputs).pooled.float(), dim=-1)
-        with torch.no_grad():
+    def _query(self, inputs: dict[str, Any], trained: bool = True) -> Tensor:
+        """Normalised query vectors ``(b, d)``; with gradient in REALM mode when ``trained``."""
+        with torch.set_grad_enabled(trained and self.mode == "realm" and torch.is_grad_enabled()):
             return F.normalize(self.retriever(inputs).pooled.float(), dim=-1)
 
     def retrieve(self, query: Tensor, exclude: list[str] | None = None) -> tuple[Tensor, Tensor]:
@@ -301,10 +344,9 @@ class RetrievalClassifier(MultimodalClassifier):
         corpus = self._corpus
         scores = query @ corpus["vectors"].to(query.device).T  # (b, c)
         if exclude is not None:
-            where = {key: i for i, key in enumerate(corpus["ids"])}
-            for row, key in enumerate(exclude):
-                if key in where:
-                    scores[row, where[key]] = float("-inf")
+            own = self._corpus_rows(exclude, scores.device)  # (b,), -1: not in the corpus
+            hit = own >= 0
+            scores[hit.nonzero().squeeze(1), own[hit]] = float("-inf")
         k = min(self.retrieval_k, len(corpus["ids"]) - (1 if exclude else 0))
         top, idx = scores.topk(k, dim=-1)  # (b, k)
         return idx, top
@@ -380,12 +422,62 @@ class RetrievalClassifier(MultimodalClassifier):
             keep[:, 0] = True
         return keep
 
-    def forward(self, inputs: dict[str, Any], exclude: list[str] | None = None) -> Tensor:
-        """Logits ``(b, classes)`` of the samples read with their ``k`` nearest corpus items."""
+    def forward(
+        self,
+        inputs: dict[str, Any],
+        exclude: list[str] | None = None,
+        evidence: list[str | None] | None = None,
+    ) -> Tensor:
+        """Logits ``(b, classes)`` of the samples read with their ``k`` nearest corpus items.
+
+        ``evidence[i]``: the corpus id that answers sample i, or None (training only: its
+        hit rate is logged, and within the first ``curriculum_steps`` steps it is put among
+        the neighbours while the retriever is held fixed).
+        """
         self._ensure_corpus_loaded()
-        idx, scores = self.retrieve(self._query(inputs), exclude)
+        guided = evidence is not None and self.global_step < self.curriculum_steps
+        query = self._query(inputs, trained=not guided)
+        idx, scores = self.retrieve(query, exclude)
+        if evidence is not None:
+            rows = self._corpus_rows(evidence, query.device)
+            self._log_evidence(idx, scores, rows)
+            if guided:
+                idx, scores = self.include_evidence(query, idx, rows)
         neighbours = self._collated(idx.flatten().tolist())
         return self.read_neighbours(inputs, neighbours, scores)
+
+    def include_evidence(self, query: Tensor, idx: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """``idx`` with each sample's evidence row (``rows``, -1: none) in its last place
+        where retrieval missed it, and the scores ``(b, k)`` of the neighbours now read."""
+        missing = (rows >= 0) & ~(idx == rows[:, None]).any(1)
+        idx = idx.clone()
+        idx[missing, -1] = rows[missing]
+        vectors = self._corpus["vectors"].to(query.device)[idx]  # (b, k, d)
+        return idx, (query[:, None, :] * vectors).sum(-1)
+
+    def _corpus_rows(self, ids: list[str | None], device: torch.device) -> Tensor:
+        """The corpus row of each id ``(b,)``; -1 for None or an id not in the corpus."""
+        where = self._corpus.setdefault(
+            "rows", {key: i for i, key in enumerate(self._corpus["ids"])}
+        )
+        return torch.tensor([where.get(i, -1) for i in ids], device=device)
+
+    def _log_evidence(self, idx: Tensor, scores: Tensor, rows: Tensor) -> None:
+        known = rows >= 0
+        if self._trainer is None or not known.any():  # logged in training only
+            return
+        found = (idx == rows[:, None])[known].float()  # (n, k)
+        weight = (scores[known].detach() / self.temperature).softmax(-1)
+        n = int(known.sum())
+        self.log("train/evidence_retrieved", found.any(1).float().mean(), batch_size=n)
+        self.log("train/evidence_weight", (weight * found).sum(1).mean(), batch_size=n)
+
+    def _evidence(self, ids: list[str]) -> list[str | None] | None:
+        """The evidence ids the data module names for a training batch, else None."""
+        if not self.training or self._trainer is None:
+            return None
+        dm = getattr(self.trainer, "datamodule", None)
+        return dm.evidence(ids) if hasattr(dm, "evidence") else None
 
     def _ensure_corpus_loaded(self) -> None:
         if self._corpus is None:
@@ -395,4 +487,17 @@ class RetrievalClassifier(MultimodalClassifier):
             )
 
     def _logits(self, batch: dict[str, Any]) -> Tensor:
-        return self(batch["inputs"], exclude=list(batch["ids"]))
+        ids = list(batch["ids"])
+        return self(batch["inputs"], exclude=ids, evidence=self._evidence(ids))
+
+
+def _retriever_from_reader(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any
+) -> None:
+    """A checkpoint from before REALM mode had a retriever of its own (it retrieved with the
+    reader's fused model) gets that fused model as its retriever (a load_state_dict
+    pre-hook), so it loads and retrieves as it did."""
+    if any(key.startswith(prefix + "retriever.") for key in state_dict):
+        return
+    for key in [k for k in state_dict if k.startswith(prefix + "fused.")]:
+        state_dict[prefix + "retriever." + key[len(prefix + "fused.") :]] = state_dict[key]

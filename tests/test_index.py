@@ -3,6 +3,8 @@ whose nearest neighbours are known by construction."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -126,3 +128,31 @@ def test_pq_index_re_ranks_to_the_exact_neighbours(tmp_path):
     assert top(again) == top(flat)
     with pytest.raises(ValueError, match=">= 256 vectors"):
         VectorIndex(dim=16, kind="pq").add(data[:10], ids[:10])
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "pq"])
+def test_a_memory_mapped_index_answers_the_same_and_stays_read_only(kind, tmp_path):
+    vectors = np.random.default_rng(1).standard_normal((300, 8)).astype(np.float32)
+    ids = [f"v{i}" for i in range(300)]
+    index = VectorIndex(dim=8, kind=kind)
+    index.add(vectors, ids)
+    index.save(tmp_path / "idx")
+    queries = vectors[:20] + 0.1
+    read = VectorIndex.load(tmp_path / "idx")
+    mapped = VectorIndex.load(tmp_path / "idx", mmap=True)
+    expected = [[(h.id, round(h.score, 5)) for h in row] for row in read.search(queries, k=5)]
+    got = [[(h.id, round(h.score, 5)) for h in row] for row in mapped.search(queries, k=5)]
+    assert got == expected and expected[0][0][0] == "v0"
+    maps = Path("/proc/self/maps")
+    if maps.exists():  # Linux: the file is mapped, not read into memory
+        assert str((tmp_path / "idx" / "index.faiss").resolve()) in maps.read_text()
+    with pytest.raises(ValueError, match="memory-mapped and is read-only"):
+        mapped.add(vectors[:1], ["more"])
+    with pytest.raises(ValueError, match="memory-mapped and is read-only"):
+        mapped.remove(["v0"])
+
+    read.remove(["v0"])  # a writer replaces the file; the mapped reader keeps the old one
+    read.save(tmp_path / "idx")
+    assert [[(h.id, round(h.score, 5)) for h in r] for r in mapped.search(queries, k=5)] == expected
+    assert "v0" not in [h.id for h in VectorIndex.load(tmp_path / "idx", mmap=True)
+                        .search(queries[:1], k=5)[0]]  # fmt: skip

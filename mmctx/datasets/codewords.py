@@ -7,7 +7,8 @@ one mapping of code words to digits (``corpus_train.jsonl``); the test split use
 mapping, written in a NEW corpus (``corpus_test.jsonl``). A model that memorised the training
 mapping is at chance on the test split; a model that reads the retrieved entry is not.
 
-Files: ``train.jsonl``, ``val.jsonl``, ``test.jsonl`` (rows ``{"id", "text", "label"}``),
+Files: ``train.jsonl``, ``val.jsonl``, ``test.jsonl`` (rows ``{"id", "text", "label",
+"evidence"}``, ``evidence`` the id of the corpus entry that answers the query),
 ``corpus_train.jsonl`` and ``corpus_test.jsonl`` (rows ``{"id": "code-<word>", "text"}``),
 ``COMPLETE`` (the spec). Same spec, same bytes.
 """
@@ -93,7 +94,10 @@ def _queries(
         text = [str(w) for w in rng.choice(_VOCAB, spec.filler_words)]
         text.insert(int(rng.integers(0, spec.filler_words + 1)), words[code])
         text = ["in", worlds[world], *text]
-        rows.append({"id": f"q{i:05d}", "text": " ".join(text), "label": int(maps[world][code])})
+        rows.append({
+            "id": f"q{i:05d}", "text": " ".join(text), "label": int(maps[world][code]),
+            "evidence": f"{worlds[world]}-{words[code]}",
+        })  # fmt: skip
     return rows
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -207,10 +208,11 @@ class CodeWordDataModule(MultimodalDataModule):
         _digits_by_default(self)
         self.spec = CodeWordSpec(num_samples, num_codes, filler_words, train_worlds, rounds, seed)
         name = (
-            f"codewords-n{num_samples}-c{num_codes}-f{filler_words}-w{train_worlds}"
+            f"codewords-v2-n{num_samples}-c{num_codes}-f{filler_words}-w{train_worlds}"
             f"-r{rounds}-s{seed}"
         )
         self.round = 0
+        self._evidence: dict[str, str | None] | None = None
         self.folder = Path(cache_dir) if cache_dir else default_cache_dir() / name
         self.use_generated(split_manifests(self.folder))
 
@@ -221,6 +223,18 @@ class CodeWordDataModule(MultimodalDataModule):
             return self.folder / "corpus_test.jsonl"
         suffix = f"_r{self.round}" if stage == "train" and self.round else ""
         return self.folder / f"corpus_train{suffix}.jsonl"
+
+    def evidence(self, ids: list[str]) -> list[str | None]:
+        """The corpus id that answers each query (the same in every round; None for an
+        id that is no query), for :class:`~mmctx.pipelines.RetrievalClassifier`'s
+        curriculum and its logged hit rate."""
+        if self._evidence is None:
+            self._evidence = {}
+            for name in ("train.jsonl", "val.jsonl", "test.jsonl"):
+                with open(self.folder / name, encoding="utf-8") as f:
+                    rows = (json.loads(line) for line in f if line.strip())
+                    self._evidence.update((r["id"], r.get("evidence")) for r in rows)
+        return [self._evidence.get(i) for i in ids]
 
     def train_dataloader(self) -> Any:
         """The training queries of round ``epoch % rounds``."""

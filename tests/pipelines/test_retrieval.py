@@ -157,8 +157,8 @@ def test_gradient_reaches_the_query_encoder_only_in_realm(mode, tokens, tmp_path
     seen = {}
     query_fn = model._query
 
-    def spy(inputs):
-        q = query_fn(inputs)
+    def spy(inputs, **kwargs):
+        q = query_fn(inputs, **kwargs)
         if q.requires_grad:
             q.retain_grad()
         seen["q"] = q
@@ -169,6 +169,8 @@ def test_gradient_reaches_the_query_encoder_only_in_realm(mode, tokens, tmp_path
     q = seen["q"]
     if mode == "realm":
         assert q.grad is not None and q.grad.abs().sum() > 0  # through the retrieval scores
+        assert all(p.grad is not None for p in model.retriever.encoders.parameters())
+        assert model.retriever is not model.fused  # REALM's own retriever, not the reader
     else:
         assert not q.requires_grad
         assert all(p.grad is None for p in model.retriever.parameters())
@@ -390,3 +392,76 @@ def test_warm_start_teaches_the_retriever_to_find_items_from_parts(tmp_path):
     found = model.warm_start_retriever(60, lr=3e-3)
     assert 0 < found <= 1 and hits() >= 0.9 > before
     assert all(not p.requires_grad for p in model.retriever.parameters())  # still frozen
+
+
+def test_the_curriculum_puts_the_evidence_among_the_neighbours_and_holds_the_retriever(tmp_path):
+
+    model = _tiny("realm", CORPUS, tmp_path, k=1)
+    model.curriculum_steps = 5
+    inputs = _batch(["red apple", "red apple"])["inputs"]
+    query = model._query(inputs)
+    idx, _ = model.retrieve(query)
+    assert idx[:, 0].tolist() == [0, 0]
+    rows = model._corpus_rows(["s0", "s2"], query.device)
+    got, scores = model.include_evidence(query, idx, rows)
+    assert got[:, 0].tolist() == [0, 2]  # found stays; missed replaces the last neighbour
+    expected = query[1] @ model._corpus["vectors"][2]
+    assert scores[1, 0].item() == pytest.approx(expected.item(), abs=1e-6)
+    assert model._corpus_rows([None, "nope"], query.device).tolist() == [-1, -1]
+
+    model(inputs, evidence=["s0", "s2"]).logsumexp(-1).sum().backward()  # within the curriculum
+    assert all(p.grad is None for p in model.retriever.parameters())
+    assert any(p.grad is not None for p in model.fused.parameters())
+    model.curriculum_steps, model.retrieval_k = 0, 2  # afterwards the retriever learns
+    model(inputs, evidence=["s0", "s2"]).logsumexp(-1).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for p in model.retriever.parameters())  # fmt: skip
+
+
+def test_a_realm_checkpoint_without_its_own_retriever_retrieves_with_its_reader(tmp_path):
+    import torch
+
+    model = _tiny("realm", CORPUS, tmp_path)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("retriever.")}
+    state = {k: v + 1 if k.startswith("fused.") and v.is_floating_point() else v
+             for k, v in state.items()}  # fmt: skip
+    model.load_state_dict(state)
+    for (name, mine), (_, reader) in zip(model.retriever.state_dict().items(),
+                                         model.fused.state_dict().items(), strict=True):  # fmt: skip
+        assert torch.equal(mine, reader), name
+
+
+def test_codeword_data_names_each_querys_evidence(tmp_path):
+    from mmctx.datasets.modules import CodeWordDataModule
+
+    dm = CodeWordDataModule(num_samples=40, num_codes=10, train_worlds=2, cache_dir=str(tmp_path))
+    dm.prepare_data()
+    rows = [json.loads(x) for x in (tmp_path / "train.jsonl").read_text().splitlines()]
+    corpus = {json.loads(x)["id"]: json.loads(x)["text"]
+              for x in (tmp_path / "corpus_train.jsonl").read_text().splitlines()}  # fmt: skip
+    digits = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    found = dm.evidence([r["id"] for r in rows] + ["nope"])
+    assert found[-1] is None
+    for row, key in zip(rows, found, strict=False):
+        world, code = key.split("-")
+        assert row["text"].split()[1] == world and code in row["text"].split()
+        assert corpus[key].endswith(digits[row["label"]])
+
+
+def test_corpus_train_is_the_data_modules_training_set(tmp_path):
+    from types import SimpleNamespace
+
+    from mmctx.data import Preprocess
+    from mmctx.data.modalities import resolve_modalities
+
+    model = _tiny("frozen", CORPUS, tmp_path)
+    model.corpus = "train"
+    rows = [{"id": f"t{i}", "text": t, "label": 0} for i, t in enumerate(["one", "two"])]
+    (tmp_path / "data").mkdir()
+    train = tmp_path / "data" / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dm = SimpleNamespace(manifests={"train": str(train)}, root=str(tmp_path / "data"),
+                         modality_handlers=resolve_modalities(["text"]))  # fmt: skip
+    model._data_side = lambda: (dm, Preprocess())
+    model._use_corpus("test")
+    assert model._corpus["ids"] == ["t0", "t1"] and model._corpus["source"] == str(train)
