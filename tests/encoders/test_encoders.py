@@ -141,7 +141,7 @@ def test_audio_training_path_without_packing_matches_the_packed_rnn(rnn):
     torch.testing.assert_close(out_u, out_p, atol=1e-6, rtol=1e-5)
     assert not out_u[1, 4:].any() and not out_u[3, 1:].any()
     torch.testing.assert_close(dx_u, dx_p, atol=1e-6, rtol=1e-5)
-    for a, b in zip(dw_u, dw_p):
+    for a, b in zip(dw_u, dw_p, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
