@@ -87,12 +87,6 @@ def test_padding_in_a_mixed_length_batch_leaves_every_fused_input_as_alone(mixed
             )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fusion concatenates each modality padded to the batch's longest, so a shorter "
-    "text leaves a gap before the audio: local windows and relative (rotary) distances "
-    "across that boundary depend on the other samples of the batch",
-)
 def test_a_mixed_length_batch_gives_each_sample_its_answer_alone(mixed_batch):
     fused, items, collate = mixed_batch
     with torch.no_grad():

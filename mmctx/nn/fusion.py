@@ -5,7 +5,9 @@ modality-type embedding and sinusoidal positions (counted within the modality), 
 sequences are concatenated after a learned summary token. With ``modality_tokens``, each
 modality's segment also starts with a learned summary token of its own (valid only where
 the modality is present). Summary tokens are flagged in ``globals`` for long-context
-attention. Absent modalities contribute only masked positions; nothing is filled in.
+attention. Absent modalities contribute only masked positions; nothing is filled in. Each
+row's valid positions come first (in order), its padding after them, so what a sample's
+positions see does not depend on the lengths of the other samples in its batch.
 
 Shape legend: b = batch, n = positions, d = model width.
 """
@@ -62,8 +64,9 @@ class MultimodalFusion(nn.Module):
 
         Returns:
             ``(b, 1 + sum(n_m), d)`` (plus one position per modality with
-            ``modality_tokens``), the summary token at position 0 (always valid), and
-            ``globals`` flagging the summary tokens.
+            ``modality_tokens``), the summary token at position 0 (always valid), each
+            row's valid positions before its padding, and ``globals`` flagging the summary
+            tokens.
         """
         missing = [m for m in self.modalities if m not in features]
         if missing:
@@ -86,9 +89,23 @@ class MultimodalFusion(nn.Module):
             )
             masks.append(seq.mask)
             flags.append(torch.zeros_like(seq.mask))
+        mask = torch.cat(masks, dim=1)
         return FeatureSequence(
-            torch.cat(parts, dim=1), torch.cat(masks, dim=1), torch.cat(flags, dim=1)
+            *(_valid_first(x, mask) for x in (torch.cat(parts, 1), mask, torch.cat(flags, 1)))
         )
+
+
+def _valid_first(x: Tensor, mask: Tensor) -> Tensor:
+    """``x`` ``(b, n, ...)`` with each row's valid positions moved to the front, in order.
+
+    A row's padding then never sits between its own modalities, so local windows and
+    relative distances see the same neighbours whatever else is in the batch (a batch of
+    one has no padding at all). A scatter by cumulative counts, so it exports to ONNX.
+    """
+    valid = mask.long()
+    slot = torch.where(mask, valid.cumsum(1), valid.sum(1, keepdim=True) + (1 - valid).cumsum(1))
+    index = (slot - 1).view(*slot.shape, *([1] * (x.dim() - 2))).expand_as(x)
+    return torch.zeros_like(x).scatter(1, index, x)
 
 
 def masked_mean(seq: FeatureSequence) -> Tensor:
