@@ -376,21 +376,29 @@ class VectorIndex:
             mapped = getattr(faiss, "IO_FLAG_MMAP_IFC", 0)  # an older faiss reads the file
             flags = mapped | faiss.IO_FLAG_READ_ONLY if mmap else 0
             index = faiss.read_index(str(folder / INDEX_FILE), flags)
-        except (ValueError, KeyError, TypeError, RuntimeError, UnicodeDecodeError) as err:
+            out = cls(
+                dim=int(meta["dim"]),
+                kind=meta["kind"],
+                hnsw_m=meta["hnsw"]["m"],
+                ef_construction=meta["hnsw"]["ef_construction"],
+                ef_search=meta["ef_search"],
+                pq_m=meta.get("pq", {}).get("m"),
+                rerank_factor=meta.get("pq", {}).get("rerank_factor", 20),
+                model=meta.get("model", {}),
+                base=meta.get("base", "."),
+                items=items,
+                next_n=int(meta["next_n"]),
+            )
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            OverflowError,
+            RuntimeError,
+            UnicodeDecodeError,
+        ) as err:
             raise IndexMismatchError(f"{folder}: not a readable mmctx index ({err})") from None
-        out = cls(
-            dim=int(meta["dim"]),
-            kind=meta["kind"],
-            hnsw_m=meta["hnsw"]["m"],
-            ef_construction=meta["hnsw"]["ef_construction"],
-            ef_search=meta["ef_search"],
-            pq_m=meta.get("pq", {}).get("m"),
-            rerank_factor=meta.get("pq", {}).get("rerank_factor", 20),
-            model=meta.get("model", {}),
-            base=meta.get("base", "."),
-            items=items,
-            next_n=int(meta["next_n"]),
-        )
         if index.d != out.dim or index.ntotal != len(items):
             raise IndexMismatchError(
                 f"{folder / INDEX_FILE}: holds {index.ntotal} vectors of width {index.d}, "

@@ -86,9 +86,11 @@ def test_load_and_model_check_errors_name_the_file(tmp_path):
         loaded.check_model("abc", 16, folder)
     with pytest.raises(IndexMismatchError, match=r"idx: the index was built by another model"):
         loaded.check_model("def", 8, folder)
-    (folder / "meta.json").write_text("{not json")
-    with pytest.raises(IndexMismatchError, match="not a readable mmctx index"):
-        VectorIndex.load(folder)
+    good = (folder / "meta.json").read_text()
+    for bad in ("{not json", good.replace('"dim": 8', '"dim": NaN'), "[]"):
+        (folder / "meta.json").write_text(bad)  # NaN / a list: used after parsing, still named
+        with pytest.raises(IndexMismatchError, match="idx: not a readable mmctx index"):
+            VectorIndex.load(folder)
 
 
 def test_fingerprint_follows_the_weights():
