@@ -14,7 +14,7 @@ import os
 import sys
 
 from mmctx.allocator import ENV as MMCTX_ENV
-from mmctx.allocator import malloc_state
+from mmctx.allocator import malloc_state as allocator_state  # noqa: F401 (benchmarks' name)
 
 # GLIBC_TUNABLES of each mode; a process gets exactly this value (and no MALLOC_* variables)
 ALLOCATORS = {
@@ -35,11 +35,6 @@ def allocator_env(mode: str, env: dict[str, str] | None = None) -> dict[str, str
     env["GLIBC_TUNABLES"] = ALLOCATORS[mode]
     env[MMCTX_ENV] = "default"  # an mmctx command in there must not change malloc itself
     return env
-
-
-def allocator_state() -> dict:
-    """The malloc settings this process runs with and what glibc holds right now."""
-    return malloc_state()
 
 
 def run_under(mode: str) -> None:

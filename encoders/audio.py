@@ -182,8 +182,9 @@ def _unpacked_rnn(rnn: nn.GRU | nn.LSTM, steps: Tensor, n_valid: Tensor) -> Tens
     if bool((n_valid >= n).all()):  # no padding anywhere: the module itself is exact
         return rnn(steps)[0]
     t = torch.arange(n, device=steps.device)[None]
-    valid = t < n_valid.clamp_min(1)[:, None]  # (b, n)
-    flip = torch.where(valid, n_valid.clamp_min(1)[:, None] - 1 - t, t)[..., None]  # (b, n, 1)
+    length = n_valid.clamp_min(1)[:, None]  # an empty sequence runs one step, as when packed
+    valid = t < length  # (b, n)
+    flip = torch.where(valid, length - 1 - t, t)[..., None]  # (b, n, 1)
     x = steps
     for layer in range(rnn.num_layers):
         if layer and rnn.dropout:
