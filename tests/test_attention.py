@@ -131,6 +131,23 @@ def test_low_precision_keeps_dtype_and_stays_close(dtype):
     assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_autocast_does_not_change_the_result(dtype):
+    """Under ``precision: bf16-mixed`` the kernel still computes in float32 (global rows included)."""
+    q, k, v = _qkv(2, 2, 90, 16, dtype=dtype, seed=5)
+    glob = torch.zeros(2, 90, dtype=torch.bool)
+    glob[0, 4] = glob[1, 60] = True
+    want = sliding_window_attention(q, k, v, 8, global_mask=glob)
+    want_grads = torch.autograd.grad(want.float().square().sum(), (q, k, v))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = sliding_window_attention(q, k, v, 8, global_mask=glob)
+        grads = torch.autograd.grad(got.float().square().sum(), (q, k, v))
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    for g, w in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, atol=0, rtol=0)
+
+
 def test_rows_without_visible_keys_are_zero_with_finite_grads():
     q, k, v = _qkv(2, 2, 40, 8, dtype=torch.float32)
     pad = torch.zeros(2, 40, dtype=torch.bool)

@@ -386,10 +386,22 @@ class _BandAttention(torch.autograd.Function):
 
     Global queries' rows are computed densely (per head) and written over the band result;
     their band logsumexp is set to +inf so the band backward gives them zero probabilities.
+    Both passes pick their own compute dtype (float32 for low precision): an enclosing
+    autocast (``precision: bf16-mixed``) is switched off inside, or it would recast matmuls.
     """
 
     @staticmethod
     def forward(ctx, q, k, v, gk, gv, masks: _Masks, plan: _Plan):
+        with torch.autocast(q.device.type, enabled=False):
+            return _BandAttention._forward(ctx, q, k, v, gk, gv, masks, plan)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return _BandAttention._backward(ctx, grad_out)
+
+    @staticmethod
+    def _forward(ctx, q, k, v, gk, gv, masks: _Masks, plan: _Plan):
         ops = _Operands(plan, q, k, v, gk, gv, masks)
         out, lse = _band_forward(ops)
         glob_lse = _global_forward(ops, out, lse)
@@ -399,7 +411,7 @@ class _BandAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def _backward(ctx, grad_out):
         p = ctx.plan
         q, k, v, gk, gv, out, lse, glob_lse = ctx.saved_tensors
         ops = _Operands(p, q, k, v, gk, gv, ctx.masks)
