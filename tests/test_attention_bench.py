@@ -68,3 +68,28 @@ def test_a_benchmark_process_reruns_itself_under_the_requested_malloc_settings(t
     assert states["tuned"]["glibc_tunables"].endswith("glibc.malloc.mmap_max=0")
     assert states["default"]["glibc_tunables"] == ""  # the caller's own tunables are dropped
     assert states["tuned"]["malloc_env"] == states["default"]["malloc_env"] == {}
+
+
+def test_the_kernel_profile_accounts_for_the_whole_call_and_its_ceiling_arithmetic(tmp_path):
+    out = tmp_path / "profile.json"
+    args = ["--sizes", "300", "--heads", "2", "--head-dim", "8", "--window", "40"]
+    args += ["--blocks", "16", "32", "--repeats", "1", "--matmul-seconds", "0.05"]
+    subprocess.run(
+        [sys.executable, str(SCRIPT.with_name("attention_profile.py")), *args, "--out", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    result = json.loads(out.read_text())
+    assert [(r["n"], r["pass"]) for r in result["breakdown"]] == [(300, "fwd"), (300, "fwd+bwd")]
+    for row in result["breakdown"]:
+        assert sum(row["shares"].values()) == pytest.approx(1.0, abs=1e-6)
+        assert row["shares"]["block matmuls"] > 0 and row["shares"]["exp2"] > 0
+    assert [r["kernel_uses"] for r in result["ceiling"]] == [False, True]  # c = 32 at w = 40
+    for row in result["ceiling"]:
+        # useful band work over the blocks' matmul work: N (2w + 1) / (ceil(N / c) c L)
+        blocks = -(-300 // row["c"]) * row["c"]
+        share = 300 * 81 / (blocks * row["L"])
+        assert row["ceiling_fwd_pct"] == pytest.approx(row["block_matmul_pct"] * share)
+        assert row["ceiling_fwd_bwd_pct"] == pytest.approx(row["ceiling_fwd_pct"] * 2.5 / 3.5)
+        assert row["band_waste"] == pytest.approx(1 - 81 / row["L"])
