@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from typing import Any
 
 import lightning as L
@@ -164,15 +165,27 @@ class MultimodalGAN(L.LightningModule):
         return g(z, self.condition(inputs)[1])
 
     @torch.no_grad()
-    def sample(self, inputs: dict[str, Any], n: int, seed: int = 0, ema: bool = True) -> Tensor:
+    def sample(
+        self,
+        inputs: dict[str, Any],
+        n: int,
+        seed: int = 0,
+        ema: bool = True,
+        truncation: float | None = None,
+    ) -> Tensor:
         """``n`` uint8 pictures per condition, ``(b, n, c, h, w)``; same seed, same pictures
-        (images, or spectrograms: see the target's ``write``/``waveforms``)."""
+        (images, or spectrograms: see the target's ``write``/``waveforms``).
+
+        ``truncation``: draw the noise from a normal truncated to ``[-t, t]`` (the
+        "truncation trick"): smaller ``t`` gives more typical, less varied samples;
+        ``None`` draws from the full normal the generator was trained on.
+        """
         was_training = self.training
         self.eval()
         _, cond = self.condition(inputs)
         b = cond.shape[0]
         gen = torch.Generator().manual_seed(seed)
-        z = torch.randn(b * n, self.z_dim, generator=gen).to(cond.device)
+        z = truncated_normal((b * n, self.z_dim), truncation, gen).to(cond.device)
         g = self.generator_ema if ema and self.ema_decay > 0 else self.generator
         grids = g(z, cond.repeat_interleave(n, dim=0))  # (b*n, c, h, w)
         self.train(was_training)
@@ -343,6 +356,26 @@ class MultimodalGAN(L.LightningModule):
             experiment.add_image("samples", sheet, step, dataformats="HWC")
         elif hasattr(logger, "log_image"):  # Weights & Biases, Neptune, ...
             logger.log_image(key="samples", images=[str(path)], step=step)
+
+
+def truncated_normal(
+    shape: tuple[int, ...], truncation: float | None, gen: torch.Generator
+) -> Tensor:
+    """Standard normal noise, truncated to ``[-truncation, truncation]`` unless ``None``.
+
+    Drawn by the inverse CDF of the truncated distribution: one uniform draw per value, so
+    the same generator state always gives the same noise.
+    """
+    if truncation is None:
+        return torch.randn(shape, generator=gen)
+    if isinstance(truncation, bool) or not (
+        isinstance(truncation, (int, float)) and 0 < truncation < math.inf
+    ):
+        raise ValueError(f"truncation must be a positive number, got {truncation!r}")
+    lo = torch.special.ndtr(torch.tensor(-float(truncation), dtype=torch.float64))
+    u = torch.rand(shape, generator=gen, dtype=torch.float64)
+    z = torch.special.ndtri(lo + u * (1 - 2 * lo))
+    return z.clamp_(-truncation, truncation).float()
 
 
 def _rows(batch: dict[str, Any], rows: Tensor) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import re
 import sys
 from collections import defaultdict
@@ -80,6 +81,22 @@ def _batches(
             yield {"ids": []}, errors
 
 
+TRUNCATION_HELP = (
+    "draw the noise from a normal truncated to [-T, T] (the truncation trick): smaller T, "
+    "more typical and less varied samples (default: the full normal, as in training)"
+)
+
+
+def _truncation(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:80] or "sample"
 
@@ -122,6 +139,7 @@ def generate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--n", type=int, default=8, help="samples per condition (default: 8)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    parser.add_argument("--truncation", type=_truncation, metavar="T", help=TRUNCATION_HELP)
     parser.add_argument("--batch-size", type=int, default=32, help="conditions per batch")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     args = parser.parse_args(argv)
@@ -146,7 +164,7 @@ def generate_main(argv: Sequence[str]) -> int:
     samples, errors = _conditions(rows, base, data_root)
     written, failed = generate_samples(
         model, samples, pre, Path(args.out), n=args.n, seed=args.seed,
-        batch_size=args.batch_size, device=args.device,
+        batch_size=args.batch_size, device=args.device, truncation=args.truncation,
     )  # fmt: skip
     errors += failed
     for err in errors:
@@ -178,6 +196,7 @@ def generate_samples(
     seed: int = 0,
     batch_size: int = 32,
     device: str = "cpu",
+    truncation: float | None = None,
 ) -> tuple[int, list[str]]:
     """Draw ``n`` samples per condition into ``out/<id>_<k>.png`` (or ``.wav`` for an audio
     target) and ``out/contact_sheet.png``.
@@ -196,7 +215,7 @@ def generate_samples(
         if not batch["ids"]:
             continue
         inputs = move_data_to_device(batch["inputs"], device)
-        pictures = model.sample(inputs, n, seed=seed + written).cpu()  # (b, n, c, h, w)
+        pictures = model.sample(inputs, n, seed=seed + written, truncation=truncation).cpu()
         for sample_id, per in zip(batch["ids"], pictures, strict=True):
             for k, picture in enumerate(per):
                 model.target.write(out / f"{_safe(sample_id)}_{k:02d}", picture)
@@ -327,6 +346,7 @@ def evaluate_gan(
     seed: int = 0,
     device: str = "cpu",
     total: int | None = None,
+    truncation: float | None = None,
 ) -> dict[str, Any]:
     """Conditional accuracy and diversity of a GAN over labelled conditions.
 
@@ -340,6 +360,7 @@ def evaluate_gan(
         seed: Noise seed.
         device: Where the models run.
         total: Number of conditions, for the progress bar.
+        truncation: Noise truncation of the generated samples (see ``MultimodalGAN.sample``).
 
     Returns:
         The figures (see ``gan_eval_main``) and per-class accuracies, plus one row of
@@ -373,7 +394,7 @@ def evaluate_gan(
         keep = conditioned.nonzero().flatten()
         inputs = {m: _rows(batch["inputs"][m], keep) for m in model.context.encoders}
         inputs, labels = move_data_to_device(inputs, device), labels[keep]
-        fake = model.sample(inputs, n, seed=seed + tally.counted).cpu()  # (b, n, c, h, w)
+        fake = model.sample(inputs, n, seed=seed + tally.counted, truncation=truncation).cpu()
         ctx = None
         if model.aux_head is not None:
             with torch.no_grad():
@@ -445,6 +466,7 @@ def gan_eval_main(argv: Sequence[str], build_from_config: Callable[[list[str]], 
     parser.add_argument("--split", default="test", choices=["val", "test"], help="default: test")
     parser.add_argument("--n", type=int, default=8, help="samples per condition (default: 8)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    parser.add_argument("--truncation", type=_truncation, metavar="T", help=TRUNCATION_HELP)
     parser.add_argument("--batch-size", type=int, default=64, help="conditions per batch")
     parser.add_argument("--out", help="folder for gan_eval.json and contact_sheet.png")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
@@ -466,10 +488,13 @@ def gan_eval_main(argv: Sequence[str], build_from_config: Callable[[list[str]], 
         return 2
     result = evaluate_gan(
         model, classifier, clf_pre, batches, n=args.n, seed=args.seed,
-        device=args.device, total=total,
+        device=args.device, total=total, truncation=args.truncation,
     )  # fmt: skip
     sheet, labels = result.pop("sheet"), result.pop("sheet_labels")
-    result.update(gan=str(args.ckpt), classifier=str(args.classifier), n=args.n, seed=args.seed)
+    result.update(
+        gan=str(args.ckpt), classifier=str(args.classifier), n=args.n, seed=args.seed,
+        truncation=args.truncation,
+    )  # fmt: skip
     print(format_result(result))
     if args.out:
         out = Path(args.out)
@@ -519,9 +544,11 @@ def _eval_batches(
 
 def format_result(result: dict[str, Any]) -> str:
     """The figures of :func:`evaluate_gan` as a few readable lines."""
+    trunc = result.get("truncation")
     lines = [
         f"conditional accuracy: {result['conditional_accuracy']:.3f} "
-        f"({result['samples']} samples of {result['conditions']} conditions)",
+        f"({result['samples']} samples of {result['conditions']} conditions"
+        + (f", noise truncated to [-{trunc:g}, {trunc:g}])" if trunc else ")"),
         f"diversity per condition: {result['diversity_per_condition']:.4f}  "
         f"real samples per class: {result['diversity_per_class_real']:.4f}  "
         f"ratio: {result['diversity_ratio']:.2f}",

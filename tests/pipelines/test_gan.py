@@ -138,6 +138,34 @@ def test_sampling_is_deterministic_under_a_seed():
     assert not torch.equal(a, c)
 
 
+def test_truncated_noise_is_seeded_bounded_and_has_the_truncated_normal_spread():
+    from mmctx.pipelines.gan import truncated_normal
+
+    a = truncated_normal((200_000,), 1.0, torch.Generator().manual_seed(3))
+    b = truncated_normal((200_000,), 1.0, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.dtype == torch.float32
+    assert a.abs().max() <= 1.0
+    # variance of N(0, 1) truncated to [-1, 1]: 1 - 2 phi(1) / (2 Phi(1) - 1) = 0.29112
+    assert abs(a.var().item() - 0.29112) < 0.003 and abs(a.mean().item()) < 0.005
+    wide = truncated_normal((200_000,), 8.0, torch.Generator().manual_seed(3))
+    assert abs(wide.std().item() - 1.0) < 0.01  # far tails cut: the plain normal
+    plain = truncated_normal((5,), None, torch.Generator().manual_seed(3))
+    assert torch.equal(plain, torch.randn(5, generator=torch.Generator().manual_seed(3)))
+    for bad in (0, -1.0, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="truncation"):
+            truncated_normal((2,), bad, torch.Generator())
+
+
+def test_strong_truncation_draws_nearly_one_sample_per_condition():
+    model = _gan()
+    inputs = {m: _batch()["inputs"][m] for m in ("text", "audio")}
+    free = model.sample(inputs, n=4, seed=1).float()
+    tight = model.sample(inputs, n=4, seed=1, truncation=1e-3).float()
+    spread = (free - free.mean(1, keepdim=True)).abs().mean()
+    tight_spread = (tight - tight.mean(1, keepdim=True)).abs().mean()
+    assert spread > 1.0 and tight_spread < 0.05 * spread
+
+
 def test_wrong_image_size_names_both_settings():
     model = _gan(image_size=32)
     with pytest.raises(ValueError, match="image_size"):
@@ -252,6 +280,10 @@ def test_generate_writes_one_png_per_sample_and_a_contact_sheet(fitted, demo_dir
     generate_main(["--ckpt", str(fitted["gan"]), "--text", "bring the seven cups", "--id", "seven",
                    "--out", str(again), "--n", "3", "--seed", "5"])  # fmt: skip
     assert (out / "seven_01.png").read_bytes() == (again / "seven_01.png").read_bytes()
+    tight = tmp_path / "tight"
+    generate_main(["--ckpt", str(fitted["gan"]), "--text", "bring the seven cups", "--id", "seven",
+                   "--out", str(tight), "--n", "3", "--seed", "5", "--truncation", "0.5"])  # fmt: skip
+    assert (out / "seven_01.png").read_bytes() != (tight / "seven_01.png").read_bytes()
     # a manifest of conditions, one of them broken: the rest are drawn, the failure reported
     manifest = tmp_path / "conds.jsonl"
     manifest.write_text('{"id": "a", "text": "one"}\n{"id": "b", "text_path": "missing.txt"}\n')
@@ -269,16 +301,18 @@ def test_gan_eval_prints_accuracy_and_diversity(fitted, tmp_path, capsys):
     try:
         code = main(
             ["gan-eval", "--ckpt", str(fitted["gan"]), "--classifier", str(fitted["judge"]),
-             "--n", "2", "--out", str(tmp_path)]  # no --config: the fit's config.yaml
+             "--n", "2", "--out", str(tmp_path), "--truncation", "0.7"]  # config: the fit's
         )  # fmt: skip
     finally:
         sys.argv = argv
     assert code == 0
     out = capsys.readouterr().out
     assert "conditional accuracy:" in out and "diversity per condition:" in out
+    assert "noise truncated to [-0.7, 0.7]" in out
     import json
 
     result = json.loads((tmp_path / "gan_eval.json").read_text())
+    assert result["truncation"] == 0.7
     assert 0 <= result["conditional_accuracy"] <= 1
     assert result["diversity_per_class_real"] > 0
     assert (tmp_path / "contact_sheet.png").is_file()
