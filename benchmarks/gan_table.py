@@ -10,7 +10,8 @@ Steps (each a ``mmctx`` command, printed before it runs):
      (or ``--trainer.max_steps`` for ``--max-batches``)
   3. ``mmctx gan-eval`` on the test split: conditional accuracy and diversity
 Writes ``benchmarks/results/gan[_audio]_<dataset>/{gan_eval.json, table.md,
-contact_sheet.png}`` and copies the contact sheet to ``docs/gan[_audio]_<dataset>.png``.
+contact_sheet.png}`` and copies the contact sheet to ``docs/gan[_audio]_<dataset>.png``
+(folder and picture named ``..._trunc<T>`` when evaluated with ``--truncation T``).
 Each fit's CPU time (user + system, all threads) is recorded beside its wall time: on a
 shared machine the CPU time is the fairer measure of what the training cost. Anything after
 ``--`` is passed to both fits (``--data.*`` arguments to the evaluation too), e.g.
@@ -102,12 +103,20 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=8, help="samples per condition")
     parser.add_argument("--reuse", action="store_true", help="reuse existing checkpoints")
     parser.add_argument("--device", default="cpu", help="device of the evaluation")
+    parser.add_argument(
+        "--truncation",
+        type=float,
+        help="evaluate with the noise truncated to [-T, T] (gan-eval --truncation); results "
+        "go to a folder of their own, <name>_trunc<T>",
+    )
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
     ds, target = args.dataset, args.target
     name = f"gan_{ds}" if target == "image" else f"gan_audio_{ds}"
     runs = ROOT / args.runs / (ds if target == "image" else f"{ds}_audio")
     out = ROOT / "benchmarks" / "results" / name
+    if args.truncation:
+        out = out.with_name(f"{name}_trunc{args.truncation:g}")
     clf, clf_s = _fit(
         f"configs/{target}_only_{ds}.yaml", runs / "judge", "best-*.ckpt", extra, args.reuse
     )
@@ -127,6 +136,8 @@ def main() -> int:
         "--config", f"configs/{name}.yaml", "--n", str(args.n), "--out", str(out),
         "--device", args.device, *data_args,
     ]  # fmt: skip
+    if args.truncation:
+        eval_cmd += ["--truncation", str(args.truncation)]
     eval_s = _run(eval_cmd)[0]
     result = json.loads((out / "gan_eval.json").read_text())
     import torch  # only for reading the step count of the checkpoint
@@ -151,12 +162,17 @@ def main() -> int:
     (out / "gan_eval.json").write_text(json.dumps(result, indent=1))
     acc_cell, _ = _target_cell(result, target, ds)
     ok_div = result["diversity_ratio"] >= 0.5
+    noise = (
+        f"truncated to [-{args.truncation:g}, {args.truncation:g}]"
+        if args.truncation
+        else "N(0, 1)"
+    )
     fit = "reused" if gan_s is None else f"{gan_s[0]:.0f} / {gan_s[1]:.0f}"
     table = "\n".join(
         [
-            "| dataset | target | batches | conditional acc. (target) | diversity / real (target) | judge acc. on real (rebuilt) | context acc. | conditional acc. where the context names the class | GAN fit wall s / CPU s |",
-            "|---|---|---|---|---|---|---|---|---|",
-            f"| {ds} | {target} | {steps // 2} | {acc_cell} "
+            "| dataset | target | batches | noise | conditional acc. (target) | diversity / real (target) | judge acc. on real (rebuilt) | context acc. | conditional acc. where the context names the class | GAN fit wall s / CPU s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            f"| {ds} | {target} | {steps // 2} | {noise} | {acc_cell} "
             f"| {result['diversity_per_condition']:.4f} / {result['diversity_per_class_real']:.4f} = "
             f"{result['diversity_ratio']:.2f} (>= 0.50, {'met' if ok_div else 'MISSED'}) "
             f"| {result['classifier_accuracy_real']:.3f} ({result['classifier_accuracy_real_resynthesised']:.3f}) "
@@ -167,9 +183,10 @@ def main() -> int:
     (out / "table.md").write_text(table + "\n")
     docs = ROOT / "docs"
     docs.mkdir(exist_ok=True)
-    shutil.copy(out / "contact_sheet.png", docs / f"{name}.png")
+    sheet = docs / f"{out.name}.png"
+    shutil.copy(out / "contact_sheet.png", sheet)
     print(table)
-    print(f"wrote {out}/ and docs/{name}.png")
+    print(f"wrote {out}/ and {sheet.relative_to(ROOT)}")
     return 0
 
 
