@@ -49,9 +49,17 @@ def contact_sheet(
             sheet[y : y + ch, x : x + cw] = big
         if labels is not None:
             canvas = np.ascontiguousarray(sheet[y : y + ch, :label_w])
-            cv2.putText(canvas, labels[i], (4, ch // 2 + 4), cv2.FONT_HERSHEY_PLAIN, 0.8, 0, 1)
+            cv2.putText(
+                canvas, _ascii(labels[i]), (4, ch // 2 + 4), cv2.FONT_HERSHEY_PLAIN, 0.8, 0, 1
+            )
             sheet[y : y + ch, :label_w] = canvas
     return sheet
+
+
+def _ascii(label: str) -> str:
+    """``label`` with every character but printable ASCII shown as ``?``: OpenCV's fonts
+    draw nothing else, and a lone surrogate (valid in JSON) crashes ``cv2.putText``."""
+    return "".join(ch if " " <= ch <= "~" else "?" for ch in label)
 
 
 def write_png(path: str | Path, image: np.ndarray | Tensor) -> Path:

@@ -183,6 +183,16 @@ def test_pairwise_distance_and_contact_sheet():
     assert sheet.shape[0] == 3 * 8 + 4 * 2 and sheet.shape[2] == 1
 
 
+@pytest.mark.parametrize("label", ["\ud800", "a\x00b", "\u00e9t\u00e9", "x\ny", "\U0001f600"])
+def test_a_contact_sheet_draws_any_sample_id_as_its_label(label):
+    """Sample ids come from manifests: a lone surrogate (valid JSON) crashed cv2.putText."""
+    grey = torch.full((1, 1, 1, 8, 8), 128, dtype=torch.uint8)
+    sheet = contact_sheet(grey, [label], cell=16)
+    label_w = 8 * len(label) + 8
+    assert sheet.shape == (16 + 2 * 2, label_w + 16 + 2 * 2, 1)
+    assert (sheet[:, :label_w] < 255).any()  # something (at least a "?") was drawn
+
+
 # -- through the CLI -------------------------------------------------------------------------
 
 TINY = """\
