@@ -14,6 +14,7 @@ Shape legend: b = conditions, n = samples per condition, c/h/w = picture channel
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -173,14 +174,18 @@ def generate_main(argv: Sequence[str]) -> int:
     return 1 if errors else 0
 
 
-def _conditions(rows: Iterable[Row], base: Path, data_root: Any) -> tuple[list[Sample], list[str]]:
+def _conditions(
+    rows: Iterable[Row], base: Path, data_root: Any, check_labels: bool = False
+) -> tuple[list[Sample], list[str]]:
     """Parsed condition rows, and one message per row that could not be parsed."""
     samples, errors = [], []
     for line, row in rows:
         try:
             if isinstance(row, Exception):
                 raise row
-            samples.append(parse_row(row, line, base, data_root=data_root, check_labels=False))
+            samples.append(
+                parse_row(row, line, base, data_root=data_root, check_labels=check_labels)
+            )
         except Exception as err:  # noqa: BLE001 - one row never ends the run
             errors.append(f"line {line}: {row_cause(err)}")
     return samples, errors
@@ -292,8 +297,6 @@ class _Tally:
             self.sheet.setdefault(label, images)
 
     def result(self, names: list[str], seed: int, has_context_head: bool) -> dict[str, Any]:
-        if not self.counted:
-            raise ValueError("no condition to evaluate: no sample carries a conditioning modality")
         gen = torch.Generator().manual_seed(seed)
         real_div = _class_diversity(self.real_by_class, gen)
         cond = sum(self.cond_div) / len(self.cond_div)
@@ -401,8 +404,21 @@ def evaluate_gan(
                 ctx = model.aux_head(model.condition(inputs)[0]).argmax(-1).cpu()
         tally.add_generated(labels, fake, judge(fake.flatten(0, 1)).view(-1, n), ctx)
     bar.close()
+    if not tally.counted:
+        raise NothingToEvaluate(errors, tally.no_condition)
     result = tally.result(model.class_names, seed, model.aux_head is not None)
     return {**result, "failed_samples": errors}
+
+
+class NothingToEvaluate(ValueError):
+    """Not one condition could be evaluated; ``failed`` holds each sample's failure."""
+
+    def __init__(self, failed: list[str], without_condition: int) -> None:
+        self.failed = failed
+        why = [f"{len(failed)} samples failed"] if failed else []
+        if without_condition:
+            why.append(f"{without_condition} carry none of the conditioning modalities")
+        super().__init__(f"no condition to evaluate ({'; '.join(why) or 'no samples'})")
 
 
 GAN_EVAL_HELP = """\
@@ -443,7 +459,8 @@ def _find_config(ckpt: Path) -> Path | None:
 
 
 def gan_eval_main(argv: Sequence[str], build_from_config: Callable[[list[str]], Any]) -> int:
-    """``mmctx gan-eval``: see :data:`GAN_EVAL_HELP`. Exit 0, or 2 when it cannot run.
+    """``mmctx gan-eval``: see :data:`GAN_EVAL_HELP`. Exit 0 (all ok), 1 (some conditions
+    failed and were skipped), 2 (could not start); see :data:`mmctx.errors.EXIT_STATUS_HELP`.
 
     Args:
         argv: The command's arguments.
@@ -486,10 +503,16 @@ def gan_eval_main(argv: Sequence[str], build_from_config: Callable[[list[str]], 
     except (OSError, CheckpointError, ValueError) as err:
         print(f"mmctx gan-eval: error: {one_line(str(err))}", file=sys.stderr)
         return 2
-    result = evaluate_gan(
-        model, classifier, clf_pre, batches, n=args.n, seed=args.seed,
-        device=args.device, total=total, truncation=args.truncation,
-    )  # fmt: skip
+    try:
+        result = evaluate_gan(
+            model, classifier, clf_pre, batches, n=args.n, seed=args.seed,
+            device=args.device, total=total, truncation=args.truncation,
+        )  # fmt: skip
+    except NothingToEvaluate as err:
+        for failure in err.failed:
+            print(f"  skipped {one_line(failure)}", file=sys.stderr)
+        print(f"mmctx gan-eval: error: {err}", file=sys.stderr)
+        return 1 if err.failed else 2
     sheet, labels = result.pop("sheet"), result.pop("sheet_labels")
     result.update(
         gan=str(args.ckpt), classifier=str(args.classifier), n=args.n, seed=args.seed,
@@ -502,7 +525,9 @@ def gan_eval_main(argv: Sequence[str], build_from_config: Callable[[list[str]], 
         (out / "gan_eval.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
         write_png(out / "contact_sheet.png", contact_sheet(sheet, labels))
         print(f"wrote {out / 'gan_eval.json'} and {out / 'contact_sheet.png'}")
-    return 0
+    for err in result["failed_samples"]:
+        print(f"  skipped {one_line(err)}", file=sys.stderr)
+    return 1 if result["failed_samples"] else 0
 
 
 def _eval_batches(
@@ -512,16 +537,18 @@ def _eval_batches(
     pre: Preprocess,
     build_from_config: Callable[[list[str]], Any],
 ) -> tuple[Iterator[tuple[dict[str, Any], list[str]]], int]:
-    """Labelled batches of the chosen conditions, with the conditioning modalities and target."""
+    """Labelled batches of the chosen conditions, with the conditioning modalities and target;
+    rows that cannot be used (unparsable, unlabelled) come first, as an empty batch's errors.
+
+    Raises:
+        ValueError: Not one usable labelled condition.
+    """
     modalities = [*model.context.encoders, model.target.name]
     labels = LabelSpace(model.class_names)
+    errors: list[str] = []
     if args.manifest:
         source = rows_from_manifest(args.manifest)
-        samples = []
-        for line, row in source.rows:
-            if isinstance(row, Exception):
-                raise ValueError(str(row))
-            samples.append(parse_row(row, line, source.base))
+        samples, errors = _conditions(source.rows, source.base, source.base, check_labels=True)
     else:
         configs = args.config or [_find_config(Path(args.ckpt))]
         if configs[0] is None:
@@ -534,12 +561,17 @@ def _eval_batches(
             configs = [yaml.safe_dump({k: v for k, v in saved.items() if k in keep})]
         argv = [a for c in configs for a in ("--config", str(c))] + overrides
         samples = build_from_config(argv).datamodule.dataset(args.split).samples
-    unlabelled = [s.id for s in samples if s.label is None]
-    if unlabelled:
-        raise ValueError(
-            f"conditions need labels; {len(unlabelled)} have none (first: {unlabelled[0]})"
-        )
-    return _batches(samples, modalities, pre, labels, args.batch_size), len(samples)
+    errors += [
+        f"line {s.line}: sample {s.id!r} has no label (gan-eval needs each condition's class)"
+        for s in samples
+        if s.label is None
+    ]
+    samples = [s for s in samples if s.label is not None]
+    if not samples:
+        first = f" (first: {errors[0]})" if errors else ""
+        raise ValueError(f"no labelled condition to evaluate: {len(errors)} rows failed{first}")
+    batches = _batches(samples, modalities, pre, labels, args.batch_size)
+    return itertools.chain([({"ids": []}, errors)], batches), len(samples) + len(errors)
 
 
 def format_result(result: dict[str, Any]) -> str:

@@ -328,6 +328,44 @@ def test_gan_eval_prints_accuracy_and_diversity(fitted, tmp_path, capsys):
     assert (tmp_path / "contact_sheet.png").is_file()
 
 
+@pytest.mark.slow
+def test_gan_eval_skips_and_reports_rows_it_cannot_use(fitted, demo_dir, tmp_path, capsys):
+    from mmctx.cli import main
+
+    good = (demo_dir / "test.jsonl").read_text().splitlines()[:6]
+    bad = ['{"id": "broken", ', '{"id": "nolabel", "text": "seven"}']
+    bad += ['{"id": "unknown", "label": "zebra", "text": "seven"}']
+    manifest = demo_dir / "gan_eval_rows.jsonl"  # paths are relative to the data folder
+    manifest.write_text("\n".join(good[:3] + bad + good[3:]) + "\n")
+    argv = sys.argv
+    sys.argv = ["mmctx"]
+    try:
+        code = main(["gan-eval", "--ckpt", str(fitted["gan"]), "--classifier",
+                     str(fitted["judge"]), "--manifest", str(manifest), "--n", "2",
+                     "--out", str(tmp_path)])  # fmt: skip
+    finally:
+        sys.argv = argv
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "line 4:" in err and "line 5:" in err and "no label" in err and "(line 6)" in err
+    import json
+
+    result = json.loads((tmp_path / "gan_eval.json").read_text())
+    assert result["conditions"] == 6 and len(result["failed_samples"]) == 3
+    # not one row survives: each failure is listed, and no figures are made up
+    only_bad = demo_dir / "gan_eval_bad.jsonl"
+    only_bad.write_text("\n".join(bad) + "\n")
+    assert main(["gan-eval", "--ckpt", str(fitted["gan"]), "--classifier",
+                 str(fitted["judge"]), "--manifest", str(only_bad), "--n", "2"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "no condition to evaluate (3 samples failed)" in err and "(line 3)" in err
+    # not one row parses or has a label: nothing to start from
+    only_bad.write_text("\n".join(bad[:2]) + "\n")
+    assert main(["gan-eval", "--ckpt", str(fitted["gan"]), "--classifier",
+                 str(fitted["judge"]), "--manifest", str(only_bad), "--n", "2"]) == 2  # fmt: skip
+    assert "no labelled condition to evaluate: 2 rows failed" in capsys.readouterr().err
+
+
 def test_gan_eval_refuses_a_classifier_as_the_gan(tmp_path, capsys):
     from mmctx.pipelines.generate import generate_main
 
