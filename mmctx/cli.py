@@ -90,11 +90,11 @@ steps with LastCheckpoint's every_n_train_steps): run the same command again wit
 `--ckpt_path last`. A non-finite loss stops training (or, with --nonfinite.action skip,
 skips the batch); checkpoints with non-finite weights are never written.
 
-Exit status (every command): 0 done; 1 some samples failed (infer, validate-data,
-generate; each one reported); 2 the run could not start (bad arguments or config,
-unreadable input, `--ckpt_path last` with no checkpoint: the message says where it looked);
-3 a bug in mmctx (the traceback goes to a log file named on stderr); 4 training stopped
-on a non-finite loss, gradient or weight (the message says where).
+Exit status (every command): 0 done; 1 some samples failed (infer, validate-data, index,
+generate, gan-eval, compress, context-sweep; each one reported); 2 the run could not start
+(bad arguments or config, unreadable input, `--ckpt_path last` with no checkpoint: the
+message says where it looked); 3 a bug in mmctx (the traceback goes to a log file named on
+stderr); 4 training stopped on a non-finite loss, gradient or weight (the message says where).
 """
 
 
