@@ -133,6 +133,26 @@ def test_a_manifest_without_one_usable_row_stops_the_shard_run(tmp_path, capsys)
     assert f"no row of {manifest} could be sharded" in err and "gone.wav" in err
 
 
+def test_a_sample_the_shard_format_cannot_store_is_that_samples_error(tmp_path, capsys):
+    """A lone surrogate is valid in a JSON id but cannot be written as UTF-8: it ended the run."""
+    from mmctx.cli import main
+
+    manifest = tmp_path / "rows.jsonl"
+    rows = [
+        '{"id": "a", "text": "one", "label": 0}',
+        '{"id": "\\ud800", "text": "two", "label": 1}',
+    ]
+    rows.append('{"id": "c", "text": "three", "label": 1}')
+    manifest.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    code = main(["shard", "--manifest", str(manifest), "--out", str(out)])
+    assert code == 1
+    assert "wrote 2 samples" in capsys.readouterr().out
+    meta = json.loads((out / "mmctx_shards.json").read_text())
+    assert meta["written"] == 2 and meta["skipped"] == 1
+    assert meta["problems"][0].startswith("sample '\\ud800' (line 2): cannot be stored: ")
+
+
 def test_stored_values_round_trip_and_damage_is_an_error():
     image = np.arange(24, dtype=np.uint8).reshape(1, 2, 3, 4)
     assert np.array_equal(decode_value(encode_value(image)), image)

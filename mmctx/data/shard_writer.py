@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from typing import Any
 import yaml
 
 from mmctx.data.dataset import ManifestDataset, estimate_length
-from mmctx.data.manifest import LabelSpace, read_manifest
+from mmctx.data.manifest import LabelSpace, read_manifest, row_cause
 from mmctx.data.modalities import Modality
 from mmctx.data.preprocess import Preprocess, SampleError
 from mmctx.data.shards import (
@@ -33,9 +34,17 @@ from mmctx.data.shards import (
     to_record,
     write_metadata,
 )
-from mmctx.errors import EXIT_FAILED, EXIT_STATUS_HELP, EXIT_USAGE, ConfigError, printable
+from mmctx.errors import (
+    EXIT_FAILED,
+    EXIT_STATUS_HELP,
+    EXIT_USAGE,
+    ConfigError,
+    one_line,
+    printable,
+)
 
 DEFAULT_CHUNK_BYTES = "64MB"
+log = logging.getLogger(__name__)
 
 
 def write_shards(
@@ -84,8 +93,16 @@ def write_shards(
         if isinstance(loaded, SampleError):
             report.problems.append(str(loaded))
             continue
-        length = estimate_length(sample, modalities=dataset.handlers, preprocess=preprocess)
-        writer[report.written] = to_record(sample, loaded["inputs"], names, length)
+        try:  # LitData serialises the record here: a value it cannot store is this sample's
+            length = estimate_length(sample, modalities=dataset.handlers, preprocess=preprocess)
+            writer[report.written] = to_record(sample, loaded["inputs"], names, length)
+        except Exception as err:  # noqa: BLE001 - one sample's failure, whatever it is
+            message = (
+                f"sample {sample.id!r} (line {sample.line}): cannot be stored: {row_cause(err)}"
+            )
+            log.warning("skipped %s", one_line(message))
+            report.problems.append(message)
+            continue
         report.written += 1
     if not report.written:  # LitData's merge would wait forever for an index of no chunks
         first = "; ".join(report.problems[:2]) or "it has no rows"
