@@ -24,13 +24,41 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmctx.errors import ConfigError
+
 EXPORT_WEIGHTS = "model.safetensors"
 EXPORT_CONFIG = "config.json"
 DATA_SETTINGS_KEY = "mmctx_data_settings"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint or export that cannot be used; the message names the file and the cause."""
+class CheckpointError(ConfigError):
+    """A checkpoint or export that cannot be used; the message names the file and the cause
+    (a :class:`~mmctx.errors.ConfigError`: the run cannot start, exit status 2)."""
+
+
+def mismatch_cause(err: BaseException) -> str | None:
+    """What a strict ``load_state_dict`` refused (missing, unexpected or differently shaped
+    weights) as one short line, or ``None`` when ``err`` is something else."""
+    text = str(err)
+    if not isinstance(err, RuntimeError) or "Error(s) in loading state_dict" not in text:
+        return None
+    details = "; ".join(line.strip() for line in text.splitlines()[1:] if line.strip())
+    return details if len(details) <= 400 else details[:397] + "..."
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, Any], source: str | Path) -> None:
+    """``model.load_state_dict(state_dict)`` (strict); weights that do not fit the model (a
+    checkpoint of another model, or one trained with a different number of classes) raise a
+    :class:`CheckpointError` naming ``source`` and the first differences."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as err:
+        cause = mismatch_cause(err)
+        if cause is None:
+            raise
+        raise CheckpointError(
+            f"{source}: its weights do not fit the model the config builds ({cause})"
+        ) from None
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -145,7 +173,7 @@ def load_module(
     """Rebuild the LightningModule a ``mmctx fit`` checkpoint holds, weights loaded, eval mode."""
     ckpt = read_checkpoint(path)
     model = build_module(_model_config(ckpt.get("hyper_parameters", {}), Path(path)), path)
-    model.load_state_dict(ckpt["state_dict"])
+    load_weights(model, ckpt["state_dict"], path)
     return model.to(map_location).eval()
 
 

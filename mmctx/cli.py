@@ -35,7 +35,7 @@ import mmctx.encoders  # noqa: F401
 import mmctx.nn.backbones  # noqa: F401
 import mmctx.pipelines  # noqa: F401
 from mmctx.allocator import reuse_freed_memory
-from mmctx.checkpoints import plain_config
+from mmctx.checkpoints import load_weights, mismatch_cause, plain_config, read_checkpoint
 from mmctx.data.modalities import ENTRY_POINT_GROUPS, load_entry_points
 from mmctx.errors import EXIT_NON_FINITE, EXIT_USAGE, ConfigError, one_line, run_command
 from mmctx.pipelines import JsonlPredictionWriter, NonFiniteError, NonFiniteGuard, RunCheckpoint
@@ -196,8 +196,7 @@ def _robustness(argv: Sequence[str]) -> int:
     parser.add_argument("--seed", type=int, default=0, help="corruption seed (default: 0)")
     args, overrides = parser.parse_known_args(argv)
     cli = _from_config(args.config, overrides)
-    state = torch.load(args.ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    cli.model.load_state_dict(state)
+    load_weights(cli.model, read_checkpoint(args.ckpt)["state_dict"], args.ckpt)
     if torch.cuda.is_available():
         cli.model.cuda()
     print(f"robustness of {args.ckpt} on the {args.split} split:")
@@ -505,6 +504,16 @@ def _lightning(command: str, argv: list[str] | None) -> int:
     except NonFiniteError as error:
         print(f"mmctx {command}: {error}", file=sys.stderr)
         return EXIT_NON_FINITE
+    except RuntimeError as error:  # --ckpt_path of another model, or other classes
+        cause = mismatch_cause(error)
+        if cause is None:
+            raise
+        print(
+            f"mmctx {command}: error: the checkpoint's weights do not fit the model the config "
+            f"builds ({cause})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     return 0
 
 

@@ -116,7 +116,8 @@ def run_command(command: str, func: Callable[[list[str]], int], argv: Sequence[s
     """Run one own subcommand and turn what escapes it into an exit status.
 
     The command handles its own per-sample failures (status 1) and usage errors (status 2,
-    or argparse's ``SystemExit(2)``, which passes through). Anything else that escapes is
+    or argparse's ``SystemExit(2)``, which passes through); a :class:`ConfigError` that
+    escapes it (bad settings, an unusable checkpoint) is printed as one line, status 2. Anything else that escapes is
     a bug: its traceback goes to a log file (:func:`write_crash_log`), one line naming the
     file goes to stderr, and the status is :data:`EXIT_BUG`. ``KeyboardInterrupt`` gives
     :data:`EXIT_INTERRUPTED`. ``MemoryError`` is an ``Exception`` too: samples catch their
@@ -138,6 +139,9 @@ def run_command(command: str, func: Callable[[list[str]], int], argv: Sequence[s
     except KeyboardInterrupt:
         print(f"mmctx {command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ConfigError as err:  # settings, input or checkpoint the run cannot start with
+        print(f"mmctx {command}: error: {one_line(str(err))}", file=sys.stderr)
+        return EXIT_USAGE
     except BrokenPipeError:  # the reader went away (`mmctx infer ... | head`): not a bug
         with contextlib.suppress(OSError):
             devnull = os.open(os.devnull, os.O_WRONLY)

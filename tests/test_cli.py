@@ -125,6 +125,25 @@ def test_fit_learns_then_validate_and_predict_from_the_checkpoint(tmp_path, monk
     assert {"id", "label", "probs", "modalities"} <= set(records[0])
     assert records[0]["label"] in [str(d) for d in range(10)]
 
+    # data with 2 classes against a 10-class checkpoint: one line and exit 2, not a crash
+    rows = next((tmp_path / "data").rglob("val.jsonl"))
+    two = rows.with_name("two_classes.jsonl")
+    two.write_text("".join(r + "\n" for r in rows.read_text().splitlines() if '"label": 1,' in r
+                           or '"label": 0,' in r))  # fmt: skip
+    other = tmp_path / "two.yaml"
+    other.write_text(yaml.safe_dump({"data": {"class_path": "MultimodalDataModule", "init_args": {
+        "train_manifest": str(two), "val_manifest": str(two), "test_manifest": str(two),
+        "image_size": 32, "image_channels": 1, "sample_rate": 8000}}}))  # fmt: skip
+    two_class_run = ["--config", DEMO, "--config", str(other)]
+    assert main(["test", *two_class_run, "--ckpt_path", str(best)]) == 2
+    err = capsys.readouterr().err
+    assert "weights do not fit the model the config builds (size mismatch for head" in err
+    robustness = ["robustness", *two_class_run, "--out", str(tmp_path / "rob")]
+    assert main([*robustness, "--ckpt", str(best)]) == 2
+    assert f"{best}: its weights do not fit" in capsys.readouterr().err
+    assert main([*robustness, "--ckpt", str(tmp_path / "gone.ckpt")]) == 2
+    assert "gone.ckpt: no such checkpoint file" in capsys.readouterr().err
+
 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes(tmp_path):
