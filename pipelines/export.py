@@ -171,9 +171,9 @@ def export_main(argv: list[str]) -> int:
             meta["torchscript_inputs"] = names
             paths["config"].write_text(json.dumps(meta, indent=1))
             paths["torchscript"] = path
-    except (CheckpointError, ExportError) as err:
+    except (CheckpointError, ExportError) as err:  # nothing is exported: the run cannot go on
         print(f"mmctx export: error: {err}", file=sys.stderr)
-        return 1
+        return 2
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0

@@ -31,6 +31,9 @@ def test_torchscript_export_matches_the_model(trained, tmp_path, capsys):
         expected = predictor.model(batch)
         torch.testing.assert_close(traced(*tensors), expected, atol=1e-5, rtol=1e-4)
     assert expected.shape == (4, len(predictor.class_names))
+    # nothing to export from: the run could not start (exit 2), the message names the file
+    assert main(["export", "--ckpt", str(tmp_path / "gone.ckpt"), "--out", str(out)]) == 2
+    assert "gone.ckpt: no such checkpoint file" in capsys.readouterr().err
 
 
 def test_a_model_tracing_cannot_follow_is_refused(tmp_path):
