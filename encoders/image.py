@@ -63,6 +63,7 @@ class ImageCNNEncoder(ModalityEncoder):
     """
 
     modality = "image"
+    min_image_size: int | None = None  # smallest side it can read (None: not known)
 
     def __init__(
         self,
@@ -88,6 +89,7 @@ class ImageCNNEncoder(ModalityEncoder):
                 _conv_block(2 * width, 4 * width),
             )
             channels = 4 * width
+            self.min_image_size = 8  # three 2x max-pools: a smaller image pools to nothing
         else:
             self.trunk, channels = _torchvision_trunk(arch, in_channels)
             if weights_path is not None:

@@ -59,6 +59,7 @@ class VideoCNNEncoder(ModalityEncoder):
             raise ValueError(f"max_frames must be > 0, got {max_frames}")
         frame_cnn = ImageCNNEncoder(out_dim, in_channels, arch, width)
         self.in_channels = in_channels
+        self.min_image_size = frame_cnn.min_image_size
         self.trunk = frame_cnn.trunk
         self.proj = nn.Linear(frame_cnn.proj.in_features, out_dim)
         self.positions = nn.Embedding(max_frames, out_dim)

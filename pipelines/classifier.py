@@ -122,7 +122,7 @@ class MultimodalClassifier(L.LightningModule):
         """Check that the data module's decoding fits the encoders, before the first batch."""
         pre = getattr(getattr(self.trainer, "datamodule", None), "preprocess", None)
         if pre is not None:
-            self.fused.check_data(pre.sample_rate, pre.image_channels)
+            self.fused.check_data(pre.sample_rate, pre.image_channels, pre.image_size)
 
     @property
     def encoders(self) -> nn.ModuleDict:

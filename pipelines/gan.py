@@ -150,7 +150,7 @@ class MultimodalGAN(L.LightningModule):
         pre = getattr(getattr(self.trainer, "datamodule", None), "preprocess", None)
         if pre is None:
             return
-        self.context.check_data(pre.sample_rate, pre.image_channels)
+        self.context.check_data(pre.sample_rate, pre.image_channels, pre.image_size)
         self.target.check_data(pre)
 
     # -- model -------------------------------------------------------------------------

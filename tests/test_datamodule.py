@@ -52,3 +52,22 @@ def test_bad_rows_are_counted_and_unknown_modalities_refused(tmp_path):
     assert len(dm.skipped) == 1 and "m.jsonl:3" in dm.skipped[0]
     with pytest.raises(ValueError, match="modalities \\['smell'\\] are not known"):
         MultimodalDataModule(modalities=["text", "smell"])
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"batch_size": 0},
+        {"batch_size": -3},
+        {"batch_size": 2.5},
+        {"batch_size": True},
+        {"num_workers": -1},
+        {"image_size": 0},
+        {"max_tokens_per_batch": 0},
+    ],
+)
+def test_sizes_out_of_range_are_refused_when_the_module_is_built(setting):
+    """They used to pass until a DataLoader or the first batch failed (exit 3, no setting named)."""
+    ((name, value),) = setting.items()
+    with pytest.raises(ValueError, match=rf"{name} must be an integer >= \d, got {value!r}"):
+        MultimodalDataModule(**setting)

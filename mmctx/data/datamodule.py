@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test", "predict")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class MultimodalDataModule(L.LightningDataModule):
     """Train/val/test/predict data from JSON Lines manifests.
 
@@ -129,6 +133,14 @@ class MultimodalDataModule(L.LightningDataModule):
         )
         if image_channels not in (1, 3):
             raise ValueError(f"image_channels must be 1 or 3, got {image_channels}")
+        for name, value, least in (
+            ("batch_size", batch_size, 1),
+            ("num_workers", num_workers, 0),
+            ("image_size", image_size, 1),
+            ("max_tokens_per_batch", max_tokens_per_batch, 1),
+        ):
+            if value is not None and (not _is_int(value) or value < least):
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         self.manifests = {
             "train": train_manifest,
             "val": val_manifest,

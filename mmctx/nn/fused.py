@@ -60,7 +60,9 @@ class FusedModel(nn.Module):
         """The modalities this model reads."""
         return list(self.encoders)
 
-    def check_data(self, sample_rate: int, image_channels: int) -> None:
+    def check_data(
+        self, sample_rate: int, image_channels: int, image_size: int | None = None
+    ) -> None:
         """Refuse data settings that do not fit an encoder, before any batch is read.
 
         Raises:
@@ -80,8 +82,14 @@ class FusedModel(nn.Module):
                     f"encoders.{m} expects in_channels={channels}, the data decodes "
                     f"data.image_channels={image_channels}"
                 )
+            smallest = getattr(enc, "min_image_size", None)
+            if image_size is not None and smallest is not None and image_size < smallest:
+                problems.append(
+                    f"encoders.{m} needs images of at least {smallest} x {smallest} pixels, the "
+                    f"data resizes them to data.image_size={image_size}"
+                )
         if problems:
-            raise ConfigError("; ".join(problems) + ": set each pair to the same value")
+            raise ConfigError("; ".join(problems) + ": make each pair fit")
 
     def sequence(self, inputs: Mapping[str, Any]) -> FeatureSequence:
         """The backbone's output ``(b, n, d)`` for a collated batch's ``inputs``."""

@@ -186,3 +186,6 @@ def test_data_settings_that_do_not_fit_the_encoders_are_refused_before_training(
         match=r"encoders.audio expects sample_rate=8000, .* data.sample_rate=16000.*encoders.image expects in_channels=1, .*data.image_channels=3",
     ):
         model.fused.check_data(16000, 3)
+    model.fused.check_data(8000, 1, image_size=8)  # the smallest the 3-pool CNN can read
+    with pytest.raises(ValueError, match=r"encoders.image needs images of at least 8 x 8 pixels"):
+        model.fused.check_data(8000, 1, image_size=7)
