@@ -37,7 +37,7 @@ import mmctx.pipelines  # noqa: F401
 from mmctx.allocator import reuse_freed_memory
 from mmctx.checkpoints import load_weights, mismatch_cause, plain_config, read_checkpoint
 from mmctx.data.modalities import ENTRY_POINT_GROUPS, load_entry_points
-from mmctx.errors import EXIT_NON_FINITE, EXIT_USAGE, ConfigError, one_line, run_command
+from mmctx.errors import EXIT_NON_FINITE, EXIT_USAGE, ConfigError, at_least, one_line, run_command
 from mmctx.pipelines import JsonlPredictionWriter, NonFiniteError, NonFiniteGuard, RunCheckpoint
 
 OVERVIEW = """\
@@ -109,7 +109,7 @@ def _demo_data(argv: Sequence[str]) -> int:
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument(
         "--num-samples",
-        type=int,
+        type=at_least(1),
         default=DemoSpec.num_samples,
         help="samples in all splits (default: %(default)s)",
     )
@@ -117,9 +117,11 @@ def _demo_data(argv: Sequence[str]) -> int:
         "--seed", type=int, default=DemoSpec.seed, help="generator seed (default: %(default)s)"
     )
     args = parser.parse_args(argv)
-    paths = make_demo_dataset(
-        args.out, DemoSpec(num_samples=args.num_samples, seed=args.seed), progress=True
-    )
+    try:
+        spec = DemoSpec(num_samples=args.num_samples, seed=args.seed)
+    except ValueError as err:  # e.g. too few samples for three splits
+        raise ConfigError(str(err)) from None
+    paths = make_demo_dataset(args.out, spec, progress=True)
     for split, path in paths.items():
         print(f"{split}: {path}")
     return 0
@@ -159,7 +161,9 @@ def _augment_preview(argv: Sequence[str]) -> int:
         "settings in data.augment (and the audio encoder's spec_augment) do.",
     )
     parser.add_argument("--out", required=True, help="PNG file to write")
-    parser.add_argument("--n", type=int, default=4, help="samples to show (default: %(default)s)")
+    parser.add_argument(
+        "--n", type=at_least(1), default=4, help="samples to show (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="augmentation seed (default: 0)")
     args, overrides = parser.parse_known_args(argv)
     cli = _from_config(args.config, overrides)

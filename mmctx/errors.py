@@ -21,6 +21,7 @@ are not valid UTF-8, ids with newlines) safe to write to a UTF-8 stream.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import os
@@ -45,6 +46,22 @@ exit status:
   2  the run could not start (bad arguments, unreadable manifest or checkpoint)
   3  a bug in mmctx: the traceback is written to a log file named on stderr
 """
+
+
+def at_least(least: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer ``>= least`` (a count, a size), else a usage error
+    naming the option (exit status 2) instead of a failure deep inside the run."""
+
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {least}, got {value}")
+        return value
+
+    return integer
 
 
 class ConfigError(ValueError):

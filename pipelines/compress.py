@@ -47,6 +47,7 @@ from mmctx.checkpoints import (
 from mmctx.data import Collate, ManifestDataset, Preprocess, SampleError
 from mmctx.data.manifest import LabelSpace, iter_rows, parse_row
 from mmctx.data.modalities import resolve_modalities
+from mmctx.errors import at_least
 from mmctx.nn.compress import (
     called_modules,
     compression_record,
@@ -619,15 +620,19 @@ def compress_main(argv: list[str]) -> int:
         "units `structured` removes from each layer, which is rebuilt smaller "
         "(default: %(default)s)",
     )
-    parser.add_argument("--rank", type=int, help="rank per factorised Linear (overrides energy)")
+    parser.add_argument(
+        "--rank", type=at_least(1), help="rank per factorised Linear (overrides energy)"
+    )
     parser.add_argument("--energy", type=float, default=0.9, help="default: %(default)s")
     parser.add_argument(
         "--train-manifest",
         help="labelled rows to fine-tune the pruned models on (with --finetune-epochs) and to "
         "calibrate static INT8 with",
     )
-    parser.add_argument("--finetune-epochs", type=int, default=0, help="default: %(default)s")
-    parser.add_argument("--repeats", type=int, default=30, help="timed runs at batch 1")
+    parser.add_argument(
+        "--finetune-epochs", type=at_least(0), default=0, help="default: %(default)s"
+    )
+    parser.add_argument("--repeats", type=at_least(1), default=30, help="timed runs at batch 1")
     parser.add_argument(
         "--root",
         help="folder the manifests' media paths must stay inside (default: each manifest's "

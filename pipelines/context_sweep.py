@@ -26,7 +26,7 @@ from tqdm import tqdm
 from mmctx.checkpoints import CheckpointError
 from mmctx.data.manifest import iter_rows
 from mmctx.datasets.longctx import SweepSpec, make_sweep_dataset
-from mmctx.errors import EXIT_STATUS_HELP, ConfigError, one_line
+from mmctx.errors import EXIT_STATUS_HELP, ConfigError, at_least, one_line
 
 from .inference import InputRows, Predictor
 
@@ -247,15 +247,20 @@ def _parser() -> argparse.ArgumentParser:
         help="input lengths as multiples of the training length (default: 1 2 3 4)",
     )
     parser.add_argument(
-        "--positions", type=int, default=10, help="position bins (default: %(default)s)"
+        "--positions", type=at_least(1), default=10, help="position bins (default: %(default)s)"
     )
     parser.add_argument(
-        "--per-cell", type=int, default=20, help="samples per length x bin (default: %(default)s)"
+        "--per-cell",
+        type=at_least(1),
+        default=20,
+        help="samples per length x bin (default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the inputs (default: 1)")
     parser.add_argument("--data-dir", help="folder for the inputs (default: in the data cache)")
-    parser.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
-    parser.add_argument("--workers", type=int, default=2, help="decoding threads (default: 2)")
+    parser.add_argument("--batch-size", type=at_least(1), default=8, help="default: %(default)s")
+    parser.add_argument(
+        "--workers", type=at_least(0), default=2, help="decoding threads (default: 2)"
+    )
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument(
         "--reuse",

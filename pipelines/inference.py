@@ -52,7 +52,7 @@ from mmctx.data.manifest import (
 )
 from mmctx.data.modalities import resolve_modalities
 from mmctx.data.paths import UNCONFINED
-from mmctx.errors import one_line, printable
+from mmctx.errors import at_least, one_line, printable
 from mmctx.features import FeatureSequence
 from mmctx.index import ITEMS_FILE, VectorIndex, fingerprint
 from mmctx.io import Limits
@@ -700,10 +700,12 @@ def _infer_parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--{key}", action="append", help=f"{key} file (repeatable)")
     parser.add_argument("--id", default="sample", help="id of a command-line sample")
     parser.add_argument("--out", default="-", help="output JSON Lines file (default: stdout)")
-    parser.add_argument("--batch-size", type=int, default=16, help="default: %(default)s")
-    parser.add_argument("--top-k", type=int, default=3, help="classes per record (default: 3)")
+    parser.add_argument("--batch-size", type=at_least(1), default=16, help="default: %(default)s")
     parser.add_argument(
-        "--workers", type=int, default=2, help="decoding threads (default: %(default)s)"
+        "--top-k", type=at_least(1), default=3, help="classes per record (default: 3)"
+    )
+    parser.add_argument(
+        "--workers", type=at_least(0), default=2, help="decoding threads (default: %(default)s)"
     )
     parser.add_argument("--root", help="refuse paths that resolve outside this folder")
     parser.add_argument(
@@ -711,11 +713,11 @@ def _infer_parser() -> argparse.ArgumentParser:
         help="retrieval index folder (`mmctx index build`): each record lists the items it "
         "read as retrieved: [[id, score], ...] (default: the index a retrieval model names)",
     )
-    parser.add_argument("--retrieve-k", type=int, default=4, help="neighbours (default: 4)")
+    parser.add_argument("--retrieve-k", type=at_least(1), default=4, help="neighbours (default: 4)")
     limits = parser.add_argument_group(
         "limits", "default: the values the model was trained with (saved in the checkpoint)"
     )
-    limits.add_argument("--max-image-pixels", type=int, help="larger images are refused")
+    limits.add_argument("--max-image-pixels", type=at_least(1), help="larger images are refused")
     limits.add_argument("--max-audio-seconds", type=float, help="longer audio is refused")
     limits.add_argument(
         "--crop-long-audio",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mmctx.checkpoints import CheckpointError
-from mmctx.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, one_line
+from mmctx.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, at_least, one_line
 from mmctx.index import KINDS, Hit, IndexMismatchError, VectorIndex, fingerprint
 
 from .inference import UNCONFINED as _UNCONFINED
@@ -205,7 +205,7 @@ def index_main(argv: list[str]) -> int:
     add.add_argument("--ckpt", required=True)
     add.add_argument("--manifest", required=True)
     for p in (build, add):
-        p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--batch-size", type=at_least(1), default=32)
         p.add_argument("--no-progress", action="store_true")
     remove = sub.add_parser("remove", help="drop items by id")
     remove.add_argument("index")
@@ -216,7 +216,7 @@ def index_main(argv: list[str]) -> int:
     search.add_argument("--text")
     for key in ("image", "audio", "video"):
         search.add_argument(f"--{key}", action="append")
-    search.add_argument("-k", type=int, default=5)
+    search.add_argument("-k", type=at_least(1), default=5)
     for p in (build, add, search):
         p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     args = parser.parse_args(argv)

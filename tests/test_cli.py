@@ -160,3 +160,35 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     assert run.returncode == 0, log[-3000:]
     assert "MEMBER: 2/2" in log and "fit finished" in log
     assert list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["infer", "--ckpt", "x.ckpt", "--text", "a", "--batch-size", "0"],
+        ["infer", "--ckpt", "x.ckpt", "--text", "a", "--top-k", "-1"],
+        ["generate", "--ckpt", "x.ckpt", "--text", "a", "--out", "o", "--batch-size", "0"],
+        ["gan-eval", "--ckpt", "x.ckpt", "--classifier", "y.ckpt", "--batch-size", "0"],
+        ["compress", "--ckpt", "x.ckpt", "--out", "o", "--repeats", "0"],
+        [
+            "index",
+            "build",
+            "--ckpt",
+            "x.ckpt",
+            "--manifest",
+            "m",
+            "--out",
+            "o",
+            "--batch-size",
+            "0",
+        ],
+        ["context-sweep", "--config", DEMO, "--ckpt", "a=x.ckpt", "--out", "o", "--per-cell", "0"],
+        ["demo-data", "--out", "o", "--num-samples", "-5"],
+    ],
+)
+def test_a_count_out_of_range_is_a_usage_error(argv, capsys):
+    """These reached the run and failed there (an internal error, or a stuck progress bar)."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert "must be an integer >= " in capsys.readouterr().err

@@ -22,7 +22,7 @@ from typing import Any
 import soundfile as sf
 
 from mmctx.data.manifest import LabelSpace, count_rows, iter_rows, parse_row, row_error
-from mmctx.errors import EXIT_STATUS_HELP, one_line, printable
+from mmctx.errors import EXIT_STATUS_HELP, at_least, one_line, printable
 from mmctx.io import DEFAULT_LIMITS, Limits, check_text, read_audio, read_image, read_text
 
 # What is measured per modality, and in which unit.
@@ -244,7 +244,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("manifest", nargs="+", help="manifest file(s) to check")
     parser.add_argument("--json", help="also write the reports to this JSON file")
     parser.add_argument(
-        "--max-image-pixels", type=int, default=DEFAULT_LIMITS.max_image_pixels,
+        "--max-image-pixels", type=at_least(1), default=DEFAULT_LIMITS.max_image_pixels,
         help="default: %(default)s",
     )  # fmt: skip
     parser.add_argument(
