@@ -192,3 +192,20 @@ def test_a_count_out_of_range_is_a_usage_error(argv, capsys):
         main(argv)
     assert stop.value.code == 2
     assert "must be an integer >= " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--config", DEMO, "--data", "MultimodalDataModule", "--data.init_args.image_channels",
+         "1", "--data.init_args.sample_rate", "8000", "--data.init_args.train_manifest", "{gone}"],
+        ["--config", DEMO.replace("demo.yaml", "digits.yaml"), "--data.init_args.root", "{gone}"],
+    ],
+)  # fmt: skip
+def test_a_missing_manifest_or_data_root_is_a_clear_stop(argv, tmp_path, capsys):
+    """Both escaped as FileNotFoundError: an internal error (exit 3) instead of exit 2."""
+    gone = str(tmp_path / "gone.jsonl")
+    assert main(["fit", *(a.replace("{gone}", gone) for a in argv)]) == 2
+    err = capsys.readouterr().err
+    assert "gone.jsonl" in err and ("data.train_manifest: manifest not found" in err
+                                    or "data.root: " in err)  # fmt: skip

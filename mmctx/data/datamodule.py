@@ -37,6 +37,7 @@ from mmctx.data.modalities import (
     resolve_modalities,
 )
 from mmctx.data.preprocess import Preprocess
+from mmctx.errors import ConfigError
 from mmctx.io import Limits
 from mmctx.transforms import Augment, ModalityDropout, Transform
 
@@ -221,12 +222,15 @@ class MultimodalDataModule(L.LightningDataModule):
         for split, path in self.manifests.items():
             if path is None:
                 continue
-            samples, problems = read_manifest(
-                self._resolve(path),
-                strict=self.strict,
-                modalities=self.modality_handlers,
-                root=None if self.root is None else self._resolve(self.root),
-            )
+            try:
+                samples, problems = read_manifest(
+                    self._resolve(path),
+                    strict=self.strict,
+                    modalities=self.modality_handlers,
+                    root=None if self.root is None else self._resolve(self.root),
+                )
+            except OSError as err:  # missing, a folder, unreadable: the run cannot start
+                raise ConfigError(f"data.{split}_manifest: {err}") from err
             self.skipped.extend(problems)
             splits[split] = samples
         self._label_space = self._check_labels(splits)

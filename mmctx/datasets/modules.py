@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mmctx.data.datamodule import MultimodalDataModule
+from mmctx.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +110,12 @@ class DigitsDataModule(MultimodalDataModule):
         from mmctx.datasets.digits import make_digits_manifests
 
         val, test = self.speakers
-        make_digits_manifests(
-            self.data_folder, self.folder, val_speakers=val, test_speakers=test, seed=self.seed
-        )
+        try:
+            make_digits_manifests(
+                self.data_folder, self.folder, val_speakers=val, test_speakers=test, seed=self.seed
+            )
+        except FileNotFoundError as err:  # data.root names no digits data: cannot start
+            raise ConfigError(f"data.root: {err}") from err
 
 
 class LongContextDataModule(MultimodalDataModule):
