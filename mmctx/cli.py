@@ -508,6 +508,11 @@ def _lightning(command: str, argv: list[str] | None) -> int:
     except NonFiniteError as error:
         print(f"mmctx {command}: {error}", file=sys.stderr)
         return EXIT_NON_FINITE
+    except BrokenPipeError:
+        raise  # the reader went away: run_command's business
+    except OSError as error:  # a run folder or output path that cannot be made or written
+        print(f"mmctx {command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except RuntimeError as error:  # --ckpt_path of another model, or other classes
         cause = mismatch_cause(error)
         if cause is None:

@@ -209,3 +209,14 @@ def test_a_missing_manifest_or_data_root_is_a_clear_stop(argv, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "gone.jsonl" in err and ("data.train_manifest: manifest not found" in err
                                     or "data.root: " in err)  # fmt: skip
+
+
+def test_a_run_folder_that_cannot_be_made_is_a_clear_stop(tmp_path, monkeypatch, capsys):
+    """An OSError of the run's own output (a file where its folder should be) was exit 3."""
+    monkeypatch.chdir(tmp_path)
+    blocker = tmp_path / "runs_file"
+    blocker.write_text("not a folder")
+    args = [*_tiny_fit_args(tmp_path), "--trainer.max_epochs", "1"]
+    args += ["--trainer.default_root_dir", str(blocker), "--trainer.logger", "false"]
+    assert main(["fit", *args]) == 2
+    assert f"mmctx fit: error: [Errno 17] File exists: '{blocker}'" in capsys.readouterr().err
