@@ -92,8 +92,9 @@ skips the batch); checkpoints with non-finite weights are never written.
 
 Exit status (every command): 0 done; 1 some samples failed (infer, validate-data, index,
 generate, gan-eval, compress, context-sweep; each one reported); 2 the run could not start
-(bad arguments or config, unreadable input, `--ckpt_path last` with no checkpoint: the
-message says where it looked); 3 a bug in mmctx (the traceback goes to a log file named on
+or go on (bad arguments or config, unreadable input, a checkpoint that does not fit, an
+output folder that cannot be written, `--ckpt_path last` with no checkpoint: the message
+says where it looked); 3 a bug in mmctx (the traceback goes to a log file named on
 stderr); 4 training stopped on a non-finite loss, gradient or weight (the message says where).
 """
 
