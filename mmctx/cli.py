@@ -506,6 +506,9 @@ def _lightning(command: str, argv: list[str] | None) -> int:
     except (CLIStop, ConfigError) as stop:
         print(f"mmctx {command}: {stop}", file=sys.stderr)
         return getattr(stop, "exit_code", EXIT_USAGE)
+    except MisconfigurationException as error:  # e.g. `test` of a checkpoint with no test step
+        print(f"mmctx {command}: error: {one_line(str(error))}", file=sys.stderr)
+        return EXIT_USAGE
     except NonFiniteError as error:
         print(f"mmctx {command}: {error}", file=sys.stderr)
         return EXIT_NON_FINITE

@@ -61,7 +61,7 @@ from mmctx.nn.compress import (
 from mmctx.nn.structured import prune_structured
 
 from .export import ExportError, example_inputs
-from .inference import Predictor, preprocess_from
+from .inference import Predictor, preprocess_from, require_classifier
 from .onnx_export import ONNX_FILE, export_onnx, quantise_onnx, write_onnx_config
 
 METHODS = ("prune", "structured", "lowrank", "int8", "onnx", "onnx-int8", "onnx-int8-static")
@@ -114,9 +114,11 @@ def _load_source(path: Path, original: Path) -> tuple[nn.Module, dict, dict, dic
     """``(model, config, data settings, structured record)`` of a checkpoint or of an export
     folder (a structurally pruned model compressed further), written to ``original``."""
     if not path.is_dir():
+        model = load_module(path)
+        require_classifier(model, str(path))
         paths = export_model(path, original)
         config = json.loads(paths["config"].read_text())["model"]
-        return load_module(path), config, data_settings(path), {}
+        return model, config, data_settings(path), {}
     meta = read_export_config(path, EXPORT_WEIGHTS, "an export folder")
     record = meta.get("compression") or {}
     if record.get("quantised") or record.get("factorised"):

@@ -156,6 +156,16 @@ def row_from_arguments(
     return row
 
 
+def require_classifier(model: torch.nn.Module, source: str) -> None:
+    """Raise a :class:`CheckpointError` unless ``model`` is a classifier (encoders and class
+    names): a GAN's checkpoint, say, given where a classifier is read."""
+    if not (hasattr(model, "class_names") and hasattr(model, "encoders")):
+        raise CheckpointError(
+            f"{source}: holds a {type(model).__name__}, not a classifier (the checkpoint of a "
+            "MultimodalClassifier fit, e.g. configs/demo.yaml)"
+        )
+
+
 class Predictor:
     """A trained classifier with its preprocessing, ready to predict on files and text.
 
@@ -172,8 +182,7 @@ class Predictor:
     def __init__(
         self, model: torch.nn.Module, data: dict[str, Any], device: str | None = None
     ) -> None:
-        if not hasattr(model, "class_names"):
-            raise CheckpointError(f"{type(model).__name__} is not a classifier (no class_names)")
+        require_classifier(model, "the model")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.class_names: list[str] = list(model.class_names)
@@ -223,7 +232,9 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], device: str | None = None) -> Predictor:
         """Load a ``mmctx fit`` checkpoint (weights only, no pickled code run)."""
-        return cls(load_module(path), data_settings(path), device)
+        model = load_module(path)
+        require_classifier(model, str(path))
+        return cls(model, data_settings(path), device)
 
     @classmethod
     def from_export(cls, folder: str | os.PathLike[str], device: str | None = None) -> Predictor:

@@ -429,3 +429,27 @@ def test_gan_refuses_data_whose_images_differ_from_what_it_draws():
     gan.trainer = SimpleNamespace(datamodule=SimpleNamespace(preprocess=Preprocess(32, 1)))
     with pytest.raises(ConfigError, match="image_size=16, .*data.image_size=32"):
         gan.setup("fit")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["infer", "compress", "index", "test"])
+def test_a_gan_checkpoint_where_a_classifier_is_read_is_a_clear_stop(
+    command, fitted, tmp_path, capsys
+):
+    """Each of these was an internal error (AttributeError, MisconfigurationException)."""
+    from mmctx.cli import main
+
+    gan = str(fitted["gan"])
+    argv = {
+        "infer": ["infer", "--ckpt", gan, "--text", "seven"],
+        "compress": ["compress", "--ckpt", gan, "--out", str(tmp_path / "c"), "--methods", "prune"],
+        "index": ["index", "build", "--ckpt", gan, "--manifest", "m.jsonl", "--out", str(tmp_path)],
+        "test": ["test", "--config", str(fitted["config"]), "--ckpt_path", gan],
+    }[command]
+    old_argv, sys.argv = sys.argv, ["mmctx"]
+    try:
+        assert main(argv) == 2
+    finally:
+        sys.argv = old_argv
+    err = capsys.readouterr().err
+    assert "holds a MultimodalGAN, not a classifier" in err or "No `test_step()`" in err
