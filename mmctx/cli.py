@@ -200,6 +200,8 @@ def _robustness(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="corruption seed (default: 0)")
     args, overrides = parser.parse_known_args(argv)
+    if not all(0.0 <= level <= 1.0 for level in args.levels):
+        parser.error(f"--levels must lie in [0, 1], got {args.levels}")
     cli = _from_config(args.config, overrides)
     load_weights(cli.model, read_checkpoint(args.ckpt)["state_dict"], args.ckpt)
     if torch.cuda.is_available():
@@ -512,10 +514,8 @@ def _lightning(command: str, argv: list[str] | None) -> int:
     except NonFiniteError as error:
         print(f"mmctx {command}: {error}", file=sys.stderr)
         return EXIT_NON_FINITE
-    except BrokenPipeError:
-        raise  # the reader went away: run_command's business
-    except OSError as error:  # a run folder or output path that cannot be made or written
-        print(f"mmctx {command}: error: {error}", file=sys.stderr)
+    except UnicodeDecodeError as error:  # a --config file that is not text
+        print(f"mmctx {command}: error: a config file is not UTF-8 text ({error})", file=sys.stderr)
         return EXIT_USAGE
     except RuntimeError as error:  # --ckpt_path of another model, or other classes
         cause = mismatch_cause(error)

@@ -134,7 +134,8 @@ def run_command(command: str, func: Callable[[list[str]], int], argv: Sequence[s
 
     The command handles its own per-sample failures (status 1) and usage errors (status 2,
     or argparse's ``SystemExit(2)``, which passes through); a :class:`ConfigError` that
-    escapes it (bad settings, an unusable checkpoint) is printed as one line, status 2. Anything else that escapes is
+    escapes it (bad settings, an unusable checkpoint), or an ``OSError`` (an output folder
+    that cannot be made), is printed as one line, status 2. Anything else that escapes is
     a bug: its traceback goes to a log file (:func:`write_crash_log`), one line naming the
     file goes to stderr, and the status is :data:`EXIT_BUG`. ``KeyboardInterrupt`` gives
     :data:`EXIT_INTERRUPTED`. ``MemoryError`` is an ``Exception`` too: samples catch their
@@ -157,6 +158,10 @@ def run_command(command: str, func: Callable[[list[str]], int], argv: Sequence[s
         print(f"mmctx {command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except ConfigError as err:  # settings, input or checkpoint the run cannot start with
+        print(f"mmctx {command}: error: {one_line(str(err))}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:  # the run's own input or output (a folder that cannot be made):
+        # per-sample reads catch their own, so one that escapes is the run's
         print(f"mmctx {command}: error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # the reader went away (`mmctx infer ... | head`): not a bug

@@ -220,3 +220,15 @@ def test_a_run_folder_that_cannot_be_made_is_a_clear_stop(tmp_path, monkeypatch,
     args += ["--trainer.default_root_dir", str(blocker), "--trainer.logger", "false"]
     assert main(["fit", *args]) == 2
     assert f"mmctx fit: error: [Errno 17] File exists: '{blocker}'" in capsys.readouterr().err
+
+
+def test_a_config_that_is_not_text_and_a_digits_root_without_data_are_clear_stops(tmp_path, capsys):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\x00\xff\xfe")
+    assert main(["fit", "--config", str(binary)]) == 2
+    assert "a config file is not UTF-8 text" in capsys.readouterr().err
+    assert main(["digits-data", "--root", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
+    assert "does not hold fsdd/recordings" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["robustness", "--config", DEMO, "--ckpt", "x.ckpt", "--out", "o", "--levels", "2"])
+    assert stop.value.code == 2 and "--levels must lie in [0, 1]" in capsys.readouterr().err

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from mmctx.checkpoints import CheckpointError
 from mmctx.cli import main
 from mmctx.data import ManifestDataset, Preprocess, SampleError
 from mmctx.data.manifest import LabelSpace, read_manifest
 from mmctx.data.modalities import AudioModality, SequenceModality
 from mmctx.data.validate import validate_manifest
-from mmctx.errors import EXIT_BUG, one_line, printable, run_command
+from mmctx.errors import EXIT_BUG, ConfigError, one_line, printable, run_command
 from mmctx.io import DecodeError, check_text, read_audio, read_image, read_text, read_video
 from tests.helpers import write_manifest
 
@@ -269,6 +270,25 @@ def test_usage_errors_and_interrupts_keep_their_statuses(capsys):
         run_command("x", usage, [])
     assert run_command("x", interrupted, []) == 130
     assert run_command("x", lambda argv: 1, []) == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "shown"),
+    [
+        (FileNotFoundError(2, "No such file or directory", "/proc/nope"), "/proc/nope"),
+        (ConfigError("data.batch_size must be >= 1"), "data.batch_size must be >= 1"),
+        (CheckpointError("a.ckpt: no such checkpoint file"), "a.ckpt: no such checkpoint file"),
+    ],
+)
+def test_the_run_s_own_input_and_output_errors_are_exit_2_in_one_line(error, shown, capsys):
+    """What the run itself cannot read or write is the user's to fix, not a bug (exit 3)."""
+
+    def failing(argv):
+        raise error
+
+    assert run_command("x", failing, []) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmctx x: error: ") and shown in err and err.count("\n") == 1
 
 
 def test_every_own_command_documents_exit_statuses(capsys, monkeypatch):

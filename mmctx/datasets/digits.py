@@ -17,6 +17,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from mmctx.errors import ConfigError
+
 SPLITS = ("train", "val", "test")
 
 
@@ -122,13 +124,16 @@ def main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the image split and pairing")
     args = parser.parse_args(argv)
-    paths = make_digits_manifests(
-        args.root,
-        args.out,
-        val_speakers=args.val_speakers,
-        test_speakers=args.test_speakers,
-        seed=args.seed,
-    )
+    try:
+        paths = make_digits_manifests(
+            args.root,
+            args.out,
+            val_speakers=args.val_speakers,
+            test_speakers=args.test_speakers,
+            seed=args.seed,
+        )
+    except ValueError as err:  # e.g. a speaker in both --val-speakers and --test-speakers
+        raise ConfigError(str(err)) from None
     for split, path in paths.items():
         count = len(path.read_text().splitlines())
         print(f"{split}: {path} ({count} samples)")
