@@ -249,7 +249,7 @@ def read_export_config(folder: Path, payload: str, what: str) -> dict[str, Any]:
         if not isinstance(meta, dict) or not isinstance(meta["model"], dict):
             raise TypeError("no model config")
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{cfg_path}: not an mmctx {what} config ({err})") from None
+        raise CheckpointError(f"{cfg_path}: not the config of {what} ({err})") from None
     return meta
 
 
