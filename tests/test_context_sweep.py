@@ -98,7 +98,14 @@ def test_same_spec_same_bytes_and_a_new_seed_changes_them(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("scales", ()), ("scales", (1, 1)), ("scales", (0,)), ("bins", 0), ("per_cell", 0)],
+    [
+        ("scales", ()),
+        ("scales", (1, 1)),
+        ("scales", (0,)),
+        ("scales", (1, 1e9)),
+        ("bins", 0),
+        ("per_cell", 0),
+    ],  # 1e9 x: 954 GiB for one text (it was an out-of-memory crash)
 )
 def test_bad_grid_values_are_refused_by_name(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"SweepSpec.{field}="):

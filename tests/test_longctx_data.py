@@ -197,7 +197,9 @@ def test_second_call_is_a_no_op_and_other_content_is_refused(tmp_path: Path) -> 
         ("test_fraction", -0.1),
         ("sample_rate", 3000),
         ("audio_seconds", 0.5),
+        ("audio_seconds", 3601.0),  # a sample is generated whole, in memory
         ("text_words", 9),
+        ("text_words", 1_000_001),
         ("modalities", ()),
         ("modalities", ("text", "text")),
         ("modalities", ("image",)),
@@ -310,7 +312,9 @@ def test_mixed_lengths_are_deterministic_per_seed(tmp_path: Path) -> None:
     assert all(a[f"audio/{i}.wav"] != fixed[f"audio/{i}.wav"] for i in trained)
 
 
-@pytest.mark.parametrize("value", [(0.0, 1.0), (1.5, 1.0), (0.5,), (0.4, 1.0), (0.5, 1.0, 2.0)])
+@pytest.mark.parametrize(
+    "value", [(0.0, 1.0), (1.5, 1.0), (0.5,), (0.4, 1.0), (0.5, 1.0, 2.0), (1.0, 2000.0)]
+)
 def test_bad_length_ranges_are_refused_by_name(value: tuple) -> None:
     # (0.4, 1.0): 0.4 x 2 s is shorter than the 1 s a clip needs.
     with pytest.raises(ValueError, match="LongSpec.length_range="):

@@ -60,6 +60,9 @@ _LEADS = (
     ("the", "hidden", "digit", "is"),
 )
 _MIN_TEXT_WORDS = 10
+# The longest inputs the generator writes (a sample is generated whole, in memory).
+MAX_AUDIO_SECONDS = 3600.0
+MAX_TEXT_WORDS = 1_000_000
 # A last seed word for sweep samples, so that none shares a random stream with a training
 # sample (numpy's SeedSequence treats trailing zero words as absent: it must not be 0).
 _SWEEP_STREAM = 1
@@ -75,8 +78,9 @@ class LongSpec:
         val_fraction: Share of samples in the validation split, in [0, 1).
         test_fraction: Share of samples in the test split, in [0, 1); the two sum to < 1.
         sample_rate: Audio sample rate in Hz (>= 4000, so the highest DTMF tone is below Nyquist).
-        audio_seconds: Length of each noise clip (>= 1); it holds one 0.15-0.35 s DTMF burst.
-        text_words: Words in each text (>= 10); one of them is the digit's word.
+        audio_seconds: Length of each noise clip (1 to 3,600); it holds one 0.15-0.35 s DTMF
+            burst.
+        text_words: Words in each text (10 to 1,000,000); one of them is the digit's word.
         modalities: Which of ``"text"`` and ``"audio"`` every sample carries (non-empty, no
             repeats); each carried modality holds the answer.
         length_range: ``(lo, hi)``: each training sample's length is a scale drawn uniformly
@@ -103,8 +107,8 @@ class LongSpec:
         mods, scales = self.modalities, self.length_range
         check_spec(
             self,
-            audio_seconds=self.audio_seconds >= 1.0,
-            text_words=self.text_words >= _MIN_TEXT_WORDS,
+            audio_seconds=1.0 <= self.audio_seconds <= MAX_AUDIO_SECONDS,
+            text_words=_MIN_TEXT_WORDS <= self.text_words <= MAX_TEXT_WORDS,
             modalities=isinstance(mods, tuple)
             and len(mods) > 0
             and len(set(mods)) == len(mods)
@@ -114,8 +118,17 @@ class LongSpec:
                 len(scales) == 2
                 and 0 < scales[0] <= scales[1]
                 and scales[0] * self.audio_seconds >= 1.0
+                and self.fits(scales[1])
                 and round(scales[0] * self.text_words) >= _MIN_TEXT_WORDS
             ),
+        )
+
+    def fits(self, scale: float) -> bool:
+        """Whether inputs ``scale`` times this long stay within the generator's limits
+        (:data:`MAX_AUDIO_SECONDS`, :data:`MAX_TEXT_WORDS`)."""
+        return (
+            scale * self.audio_seconds <= MAX_AUDIO_SECONDS
+            and scale * self.text_words <= MAX_TEXT_WORDS
         )
 
     def scaled(self, scale: float) -> LongSpec:
@@ -281,7 +294,7 @@ class SweepSpec:
             and modalities are kept (its size, seed, split fractions and length range are
             not used).
         scales: Input lengths as multiples of the training length (non-empty, each > 0, no
-            repeats); e.g. ``(1, 2, 3, 4)``.
+            repeats, within the limits of :meth:`LongSpec.fits`); e.g. ``(1, 2, 3, 4)``.
         bins: Position bins (>= 1).
         per_cell: Samples per cell (>= 1).
         seed: Seed of the grid (>= 0); no sample shares a random stream with a training one.
@@ -302,6 +315,7 @@ class SweepSpec:
         checks = {
             "scales": len(self.scales) > 0
             and min(self.scales) > 0
+            and self.base.fits(max(self.scales))
             and len(set(self.scales)) == len(self.scales),
             "bins": self.bins >= 1,
             "per_cell": self.per_cell >= 1,
@@ -312,6 +326,14 @@ class SweepSpec:
                 raise ValueError(f"SweepSpec.{name}={getattr(self, name)!r} is out of range")
         for scale in self.scales:  # each length must itself be a valid long-context spec
             self.scaled(scale)
+
+    def fits(self, scale: float) -> bool:
+        """Whether inputs ``scale`` times this long stay within the generator's limits
+        (:data:`MAX_AUDIO_SECONDS`, :data:`MAX_TEXT_WORDS`)."""
+        return (
+            scale * self.audio_seconds <= MAX_AUDIO_SECONDS
+            and scale * self.text_words <= MAX_TEXT_WORDS
+        )
 
     def scaled(self, scale: float) -> LongSpec:
         """The data spec of inputs ``scale`` times the training length."""
