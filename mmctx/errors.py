@@ -64,6 +64,29 @@ def at_least(least: int) -> Callable[[str], int]:
     return integer
 
 
+def device_name(text: str) -> str:
+    """An argparse ``type`` for ``--device``: a device torch knows and this machine has
+    (``cpu``, ``cuda``, ``cuda:1``, ``mps``), else a usage error naming it."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(
+            f"not a device: {text!r} (cpu, cuda, cuda:1, ...)"
+        ) from None
+    available = {
+        "cpu": lambda: True,
+        "cuda": lambda: (
+            torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+        ),
+        "mps": lambda: torch.backends.mps.is_available(),
+    }.get(device.type, lambda: True)
+    if not available():
+        raise argparse.ArgumentTypeError(f"{text!r} is not available on this machine")
+    return text
+
+
 class ConfigError(ValueError):
     """Settings that cannot work together (found once the run's parts meet); exit status 2."""
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from mmctx.checkpoints import CheckpointError
 from mmctx.data.manifest import iter_rows
 from mmctx.datasets.longctx import SweepSpec, make_sweep_dataset
-from mmctx.errors import EXIT_STATUS_HELP, ConfigError, at_least, one_line
+from mmctx.errors import EXIT_STATUS_HELP, ConfigError, at_least, device_name, one_line
 
 from .inference import InputRows, Predictor
 
@@ -261,7 +261,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", type=at_least(0), default=2, help="decoding threads (default: 2)"
     )
-    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    parser.add_argument(
+        "--device", type=device_name, help="cpu, cuda, ... (default: cuda if available)"
+    )
     parser.add_argument(
         "--reuse",
         action="store_true",

@@ -35,7 +35,7 @@ from mmctx.checkpoints import CheckpointError, data_settings, load_module
 from mmctx.data import Collate, ManifestDataset, Preprocess, SampleError
 from mmctx.data.manifest import LabelSpace, Sample, parse_row, row_cause
 from mmctx.data.paths import UNCONFINED
-from mmctx.errors import EXIT_STATUS_HELP, at_least, one_line
+from mmctx.errors import EXIT_STATUS_HELP, at_least, device_name, one_line
 
 from .gan import MultimodalGAN, _rows
 from .gan_images import contact_sheet, write_png
@@ -142,7 +142,9 @@ def generate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     parser.add_argument("--truncation", type=_truncation, metavar="T", help=TRUNCATION_HELP)
     parser.add_argument("--batch-size", type=at_least(1), default=32, help="conditions per batch")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
+    parser.add_argument(
+        "--device", type=device_name, default="cpu", help="cpu, cuda, ... (default: cpu)"
+    )
     args = parser.parse_args(argv)
     single = [args.text, args.audio, args.image, args.video]
     if args.manifest and any(v is not None for v in single):
@@ -486,7 +488,9 @@ def gan_eval_main(argv: Sequence[str], build_from_config: Callable[[list[str]], 
     parser.add_argument("--truncation", type=_truncation, metavar="T", help=TRUNCATION_HELP)
     parser.add_argument("--batch-size", type=at_least(1), default=64, help="conditions per batch")
     parser.add_argument("--out", help="folder for gan_eval.json and contact_sheet.png")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
+    parser.add_argument(
+        "--device", type=device_name, default="cpu", help="cpu, cuda, ... (default: cpu)"
+    )
     args, overrides = parser.parse_known_args(argv)
     if args.n < 2:
         parser.error(f"--n must be >= 2 (diversity needs pairs), got {args.n}")

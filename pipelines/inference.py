@@ -52,7 +52,7 @@ from mmctx.data.manifest import (
 )
 from mmctx.data.modalities import resolve_modalities
 from mmctx.data.paths import UNCONFINED
-from mmctx.errors import at_least, one_line, printable
+from mmctx.errors import at_least, device_name, one_line, printable
 from mmctx.features import FeatureSequence
 from mmctx.index import ITEMS_FILE, VectorIndex, fingerprint
 from mmctx.io import Limits
@@ -735,7 +735,9 @@ def _infer_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="keep the first --max-audio-seconds of longer audio instead of refusing it",
     )
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument(
+        "--device", type=device_name, help="cpu, cuda, cuda:1, ... (default: cuda if available)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mmctx.checkpoints import CheckpointError
-from mmctx.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, at_least, one_line
+from mmctx.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, at_least, device_name, one_line
 from mmctx.index import KINDS, Hit, IndexMismatchError, VectorIndex, fingerprint
 
 from .inference import UNCONFINED as _UNCONFINED
@@ -218,7 +218,9 @@ def index_main(argv: list[str]) -> int:
         search.add_argument(f"--{key}", action="append")
     search.add_argument("-k", type=at_least(1), default=5)
     for p in (build, add, search):
-        p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+        p.add_argument(
+            "--device", type=device_name, help="cpu, cuda, ... (default: cuda if available)"
+        )
     args = parser.parse_args(argv)
     try:
         return _run(args)

@@ -232,3 +232,22 @@ def test_a_config_that_is_not_text_and_a_digits_root_without_data_are_clear_stop
     with pytest.raises(SystemExit) as stop:
         main(["robustness", "--config", DEMO, "--ckpt", "x.ckpt", "--out", "o", "--levels", "2"])
     assert stop.value.code == 2 and "--levels must lie in [0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", ["banana", "cuda:99"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["infer", "--ckpt", "x.ckpt", "--text", "a"],
+        ["generate", "--ckpt", "x.ckpt", "--text", "a", "--out", "o"],
+        ["index", "build", "--ckpt", "x.ckpt", "--manifest", "m", "--out", "o"],
+        ["context-sweep", "--config", DEMO, "--ckpt", "a=x.ckpt", "--out", "o"],
+    ],
+)
+def test_a_device_this_machine_lacks_is_a_usage_error(argv, device, capsys):
+    """Unknown or absent devices failed at the first .to(device): an internal error."""
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--device", device])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "not a device: 'banana'" in err or "'cuda:99' is not available on this machine" in err
