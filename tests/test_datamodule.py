@@ -71,3 +71,10 @@ def test_sizes_out_of_range_are_refused_when_the_module_is_built(setting):
     ((name, value),) = setting.items()
     with pytest.raises(ValueError, match=rf"{name} must be an integer >= \d, got {value!r}"):
         MultimodalDataModule(**setting)
+
+
+def test_modality_dropout_of_a_modality_the_data_does_not_read_is_refused():
+    """A typo ("txt") used to drop nothing, silently."""
+    MultimodalDataModule(modalities=["text", "image"], modality_dropout={"text": 0.3})
+    with pytest.raises(ValueError, match=r"modality_dropout names \['txt'\], which the data"):
+        MultimodalDataModule(modalities=["text", "image"], modality_dropout={"txt": 0.3})

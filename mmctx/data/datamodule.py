@@ -167,6 +167,12 @@ class MultimodalDataModule(L.LightningDataModule):
             video_max_frames,
         )
         self.augment = Augment(augment, sample_rate) if augment else None
+        unread = sorted(set(modality_dropout or {}) - set(self.modalities))
+        if unread:  # a typo would otherwise drop nothing, without a word
+            raise ValueError(
+                f"modality_dropout names {unread}, which the data does not read "
+                f"(modalities: {list(self.modalities)})"
+            )
         self.modality_dropout = ModalityDropout(modality_dropout) if modality_dropout else None
         self.skipped: list[str] = []
 
