@@ -90,6 +90,47 @@ def test_rotary_positions_work_beyond_any_trained_length():
     assert torch.isfinite(out.features).all() and out.features.shape == (1, 5000, 16)
 
 
+def _rotated_pairs(x, positions, base=10000.0):
+    """Rotary by its definition: pair (x[2i], x[2i+1]) turned by position * base^(-2i/e)."""
+    e = x.shape[-1]
+    out = torch.empty_like(x)
+    for i in range(e // 2):
+        angle = positions.double()[:, None] * base ** (-2 * i / e)  # (n, 1)
+        a, b = x[..., 2 * i].double(), x[..., 2 * i + 1].double()
+        cos, sin = angle[:, 0].cos(), angle[:, 0].sin()
+        out[..., 2 * i] = (a * cos - b * sin).to(x.dtype)
+        out[..., 2 * i + 1] = (a * sin + b * cos).to(x.dtype)
+    return out
+
+
+def test_rotary_on_a_permuted_view_and_on_the_packed_projection_matches_its_definition():
+    from mmctx.nn.positions import apply_rotary
+
+    proj = torch.randn(2, 7, 3, 4, 8)  # (b, n, q/k/v, h, e), as the qkv layer lays it out
+    pos = torch.arange(7)
+    q = proj.permute(2, 0, 3, 1, 4)[0]  # (b, h, n, e) view
+    want = _rotated_pairs(q, pos)
+    torch.testing.assert_close(apply_rotary(q, pos), want, atol=1e-6, rtol=0)
+    packed = apply_rotary(proj[:, :, :2], pos, dim=1).permute(2, 0, 3, 1, 4)
+    torch.testing.assert_close(packed[0], want, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        packed[1], _rotated_pairs(proj.permute(2, 0, 3, 1, 4)[1], pos), atol=1e-6, rtol=0
+    )
+    shifted = apply_rotary(q[:, :, 2:], pos[2:] + 10)  # positions need not start at 0
+    torch.testing.assert_close(
+        shifted, _rotated_pairs(q[:, :, 2:], pos[2:] + 10), atol=1e-5, rtol=0
+    )
+
+
+def test_split_rotated_equals_split_then_rotate():
+    attn = SlidingWindowBackbone(dim=16, depth=1, heads=2, window=3).blocks[0].attn
+    x = torch.randn(2, 9, 16)
+    want = attn.split(x)
+    want[0], want[1] = attn.rotate(want[0], want[1])
+    for got, ref in zip(attn.split_rotated(x), want, strict=True):
+        torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
+
+
 def test_constructor_errors():
     with pytest.raises(ValueError, match="segment must be > 0, got 0"):
         SegmentMemoryBackbone(segment=0)
