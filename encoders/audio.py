@@ -71,6 +71,17 @@ class AudioRNNEncoder(ModalityEncoder):
             raise ValueError(f"rnn must be 'gru' or 'lstm', got {rnn!r}")
         if hidden_dim <= 0 or subsample <= 0:
             raise ValueError(f"hidden_dim and subsample must be > 0, got {hidden_dim}, {subsample}")
+        for name, value in (
+            ("sample_rate", sample_rate),
+            ("n_mels", n_mels),
+            ("hop_ms", hop_ms),
+            ("win_ms", win_ms),
+            ("num_layers", num_layers),
+        ):
+            if not value > 0:  # also NaN
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if max_seconds is not None and not max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0 or None, got {max_seconds}")
         self.sample_rate = sample_rate
         self.max_samples = None if max_seconds is None else max(1, int(max_seconds * sample_rate))
         self.hop = max(1, round(sample_rate * hop_ms / 1000))

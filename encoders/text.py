@@ -86,6 +86,9 @@ class TextTransformerEncoder(ModalityEncoder):
     def _build(
         self, dim: int, depth: int, heads: int, vocab_size: int, max_tokens: int, dropout: float
     ) -> None:
+        for name, value in (("dim", dim), ("depth", depth), ("heads", heads)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         self.tokenizer = HashTokenizer(vocab_size, max_tokens)

@@ -103,6 +103,7 @@ class MultimodalClassifier(L.LightningModule):
         self.register_load_state_dict_pre_hook(_upgrade_state_dict)
         self.class_names = list(class_names)
         self.multilabel = multilabel
+        optimizer([nn.Parameter(torch.zeros(1))])  # bad settings (lr -1) fail now, not at fit
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         task: dict[str, Any] = (

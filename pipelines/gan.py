@@ -121,6 +121,11 @@ class MultimodalGAN(L.LightningModule):
             raise ValueError("MultimodalGAN needs single-label data, got multilabel=True")
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
+        for name, lr in (("lr_g", lr_g), ("lr_d", lr_d), ("lr_context", lr_context)):
+            if not lr >= 0:  # also NaN
+                raise ValueError(f"{name} must be >= 0, got {lr}")
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
         self.class_names = list(class_names)
         self.context = FusedModel(encoders, backbone, pool)
         self.cond = nn.Sequential(nn.Linear(backbone.dim, cond_dim), nn.LayerNorm(cond_dim))

@@ -38,6 +38,17 @@ def test_every_shipped_config_instantiates_without_generating_data(config, tmp_p
     [
         (["--model.init_args.pool", "median"], "pool must be one of"),
         (["--model.init_args.backbone.init_args.heads", "5"], r"dim \(64\) must be divisible"),
+        (["--model.init_args.backbone.init_args.heads", "0"], "heads must be >= 1, got 0"),
+        (["--model.init_args.backbone.init_args.mlp_ratio", "0"], "mlp_ratio must make"),
+        (["--model.init_args.encoders.text.init_args.heads", "0"], "heads must be >= 1, got 0"),
+        (["--model.init_args.encoders.text.init_args.depth", "-1"], "depth must be >= 1"),
+        (["--model.init_args.encoders.image.init_args.width", "0"], "width must be >= 1"),
+        (["--model.init_args.encoders.image.init_args.out_dim", "0"], "out_dim must be >= 1"),
+        (["--model.init_args.encoders.audio.init_args.hop_ms", "0"], "hop_ms must be > 0"),
+        (["--model.init_args.encoders.audio.init_args.n_mels", "0"], "n_mels must be > 0"),
+        (["--model.init_args.optimizer.init_args.lr", "-1"], "Invalid learning rate"),
+        (["--model.init_args.optimizer.init_args.weight_decay", "-1"], "Invalid weight_decay"),
+        (["--trainer.accumulate_grad_batches", "0"], "accumulate_grad_batches must be >= 1"),
     ],
 )
 def test_a_bad_setting_in_a_config_fails_naming_it(override, message, tmp_path):
@@ -98,3 +109,16 @@ def test_an_accelerator_the_machine_lacks_is_a_config_error_with_exit_status_2(
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("mmctx fit: cannot build the configured run: ") and "gpu" in err
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--model.init_args.lr_g", "-1"], "lr_g must be >= 0, got -1"),
+        (["--model.init_args.betas", "[0.5, 1.5]"], r"betas must be two numbers in \[0, 1\)"),
+    ],
+)
+def test_a_bad_gan_optimizer_setting_fails_when_the_model_is_built(override, message, tmp_path):
+    gan = CONFIGS[[c.name for c in CONFIGS].index("gan_demo.yaml")]
+    with pytest.raises(ValueError, match=message):
+        _build(gan, tmp_path, *override)

@@ -37,6 +37,8 @@ class _SelfAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int, rotary: bool = True) -> None:
         super().__init__()
+        if heads < 1:
+            raise ValueError(f"heads must be >= 1, got {heads}")
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         self.heads = heads
@@ -173,6 +175,8 @@ class TransformerBlock(nn.Module):
         self.attn = attention
         self.norm2 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
+        if hidden < 1:
+            raise ValueError(f"mlp_ratio must make the MLP at least 1 wide, got {mlp_ratio}")
         self.mlp = nn.Sequential(
             nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
         )
