@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import lightning as L
@@ -43,6 +44,24 @@ def _upgrade_state_dict(
 
 def _adamw(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+
+
+def _dry_run(optimizer: OptimizerCallable, lr_scheduler: LRSchedulerCallable | None) -> None:
+    """Build the optimizer (and step the scheduler once) on a dummy parameter, so that bad
+    settings (``lr: -1``, a ``StepLR`` with ``step_size: 0``) fail when the model is built,
+    as a ValueError naming them, rather than as an internal error once fitting started."""
+    opt = optimizer([nn.Parameter(torch.zeros(1))])
+    if lr_scheduler is None:
+        return
+    scheduler = lr_scheduler(opt)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+            scheduler.step()
+    except ArithmeticError as err:
+        raise ValueError(f"lr_scheduler fails on its first step: {err}") from err
+    except TypeError:  # a step that needs arguments (ReduceLROnPlateau: the metric)
+        pass
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float = 0.05) -> Any:
@@ -103,7 +122,7 @@ class MultimodalClassifier(L.LightningModule):
         self.register_load_state_dict_pre_hook(_upgrade_state_dict)
         self.class_names = list(class_names)
         self.multilabel = multilabel
-        optimizer([nn.Parameter(torch.zeros(1))])  # bad settings (lr -1) fail now, not at fit
+        _dry_run(optimizer, lr_scheduler)
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         task: dict[str, Any] = (
@@ -121,9 +140,11 @@ class MultimodalClassifier(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Check that the data module's decoding fits the encoders, before the first batch."""
-        pre = getattr(getattr(self.trainer, "datamodule", None), "preprocess", None)
+        dm = getattr(self.trainer, "datamodule", None)
+        pre = getattr(dm, "preprocess", None)
         if pre is not None:
-            self.fused.check_data(pre.sample_rate, pre.image_channels, pre.image_size)
+            loaded = getattr(dm, "modalities", None)
+            self.fused.check_data(pre.sample_rate, pre.image_channels, pre.image_size, loaded)
 
     @property
     def encoders(self) -> nn.ModuleDict:

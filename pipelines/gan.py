@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from mmctx.data import Collate
 from mmctx.encoders import ModalityEncoder
+from mmctx.errors import ConfigError
 from mmctx.nn.backbones import FusionBackbone
 from mmctx.nn.fused import FusedModel
 
@@ -152,10 +153,17 @@ class MultimodalGAN(L.LightningModule):
     def setup(self, stage: str) -> None:
         """Check that the data module's decoding fits the encoders and what is drawn, before
         the first batch."""
-        pre = getattr(getattr(self.trainer, "datamodule", None), "preprocess", None)
+        dm = getattr(self.trainer, "datamodule", None)
+        pre = getattr(dm, "preprocess", None)
         if pre is None:
             return
-        self.context.check_data(pre.sample_rate, pre.image_channels, pre.image_size)
+        loaded = getattr(dm, "modalities", None)
+        if loaded is not None and self.target.name not in loaded:
+            raise ConfigError(
+                f"the GAN draws {self.target.name}, which the data does not load "
+                f"(data.modalities: {list(loaded)})"
+            )
+        self.context.check_data(pre.sample_rate, pre.image_channels, pre.image_size, loaded)
         self.target.check_data(pre)
 
     # -- model -------------------------------------------------------------------------

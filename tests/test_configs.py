@@ -122,3 +122,12 @@ def test_a_bad_gan_optimizer_setting_fails_when_the_model_is_built(override, mes
     gan = CONFIGS[[c.name for c in CONFIGS].index("gan_demo.yaml")]
     with pytest.raises(ValueError, match=message):
         _build(gan, tmp_path, *override)
+
+
+def test_a_scheduler_that_fails_on_its_first_step_is_refused_when_the_model_is_built(tmp_path):
+    demo = CONFIGS[[c.name for c in CONFIGS].index("demo.yaml")]
+    override = ["--model.init_args.lr_scheduler", "torch.optim.lr_scheduler.StepLR"]
+    with pytest.raises(ValueError, match="lr_scheduler fails on its first step"):
+        _build(demo, tmp_path, *override, "--model.init_args.lr_scheduler.init_args.step_size", "0")
+    plateau = ["--model.init_args.lr_scheduler", "torch.optim.lr_scheduler.ReduceLROnPlateau"]
+    assert _build(demo, tmp_path, *plateau).model.scheduler_factory is not None

@@ -8,7 +8,7 @@ Shape legend: b = batch, n = fused positions, d = model width.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -61,14 +61,27 @@ class FusedModel(nn.Module):
         return list(self.encoders)
 
     def check_data(
-        self, sample_rate: int, image_channels: int, image_size: int | None = None
+        self,
+        sample_rate: int,
+        image_channels: int,
+        image_size: int | None = None,
+        modalities: Sequence[str] | None = None,
     ) -> None:
         """Refuse data settings that do not fit an encoder, before any batch is read.
+
+        ``modalities``: what the data module loads (None: not known); an encoder of any
+        other modality would never get its input.
 
         Raises:
             ConfigError: A ``ValueError`` naming the encoder's setting, the data's setting and both values.
         """
         problems = []
+        unread = [m for m in self.encoders if modalities is not None and m not in modalities]
+        if unread:
+            problems.append(
+                f"encoders {unread} read what the data does not load "
+                f"(data.modalities: {list(modalities or ())})"
+            )
         for m, enc in self.encoders.items():
             rate = getattr(enc, "sample_rate", None)
             if rate is not None and rate != sample_rate:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -189,3 +191,26 @@ def test_data_settings_that_do_not_fit_the_encoders_are_refused_before_training(
     model.fused.check_data(8000, 1, image_size=8)  # the smallest the 3-pool CNN can read
     with pytest.raises(ValueError, match=r"encoders.image needs images of at least 8 x 8 pixels"):
         model.fused.check_data(8000, 1, image_size=7)
+    model.fused.check_data(8000, 1, modalities=("text", "image", "audio"))
+    with pytest.raises(ValueError, match=r"encoders \['audio'\] read what the data does not load"):
+        model.fused.check_data(8000, 1, modalities=("text", "image"))
+
+
+def test_a_data_module_that_does_not_load_an_encoders_modality_stops_fit_with_exit_2(
+    tmp_path, capsys, monkeypatch
+):
+    from mmctx.cli import main
+
+    monkeypatch.setattr("sys.argv", ["mmctx"])
+    demo = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+    code = main(
+        ["fit", "--config", str(demo), "--data.init_args.cache_dir", str(tmp_path / "c"),
+         "--data.init_args.num_samples", "20", "--trainer.fast_dev_run", "1",
+         "--trainer.default_root_dir", str(tmp_path / "r"), "--data.init_args.modalities", "[text]"]
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        "mmctx fit: encoders ['image', 'audio'] read what the data does not load "
+        "(data.modalities: ['text']): make each pair fit"
+    )
