@@ -131,3 +131,14 @@ def test_a_scheduler_that_fails_on_its_first_step_is_refused_when_the_model_is_b
         _build(demo, tmp_path, *override, "--model.init_args.lr_scheduler.init_args.step_size", "0")
     plateau = ["--model.init_args.lr_scheduler", "torch.optim.lr_scheduler.ReduceLROnPlateau"]
     assert _build(demo, tmp_path, *plateau).model.scheduler_factory is not None
+
+
+def test_demo_data_without_video_does_not_load_video_so_a_video_encoder_is_refused(tmp_path):
+    video = CONFIGS[[c.name for c in CONFIGS].index("demo_video.yaml")]
+    assert "video" in _build(video, tmp_path).datamodule.modalities
+    cli = _build(video, tmp_path, "--data.init_args.video_frames", "0")
+    assert cli.datamodule.modalities == ("text", "image", "audio")
+    with pytest.raises(ValueError, match=r"encoders \['video'\] read what the data does not load"):
+        cli.model.fused.check_data(8000, 1, 32, cli.datamodule.modalities)
+    retrieval = CONFIGS[[c.name for c in CONFIGS].index("retrieval_demo.yaml")]
+    assert _build(retrieval, tmp_path).datamodule.modalities == ("text",)

@@ -46,7 +46,9 @@ class DemoDataModule(MultimodalDataModule):
         num_samples: Samples in all splits together.
         seed: Seed of the generator (same seed, same files).
         cache_dir: Folder for the generated data (default: ``default_cache_dir()/demo``).
-        video_frames: Add a video of this many frames to every sample (0: no video).
+        video_frames: Add a video of this many frames to every sample (0: no video, and
+            ``modalities`` defaults to text, image and audio, so that a video encoder with
+            no video to read is refused rather than trained on nothing).
         **kwargs: Any other :class:`MultimodalDataModule` argument (batch size, sizes, ...);
             the manifests are set by this class.
     """
@@ -61,6 +63,8 @@ class DemoDataModule(MultimodalDataModule):
     ) -> None:
         from mmctx.datasets.demo import DemoSpec
 
+        if not video_frames and kwargs.get("modalities") is None:  # the CLI passes None
+            kwargs["modalities"] = ["text", "image", "audio"]
         super().__init__(**kwargs)
         _digits_by_default(self)
         self.spec = DemoSpec(num_samples=num_samples, seed=seed, video_frames=video_frames)
@@ -207,7 +211,8 @@ class CodeWordDataModule(MultimodalDataModule):
     ) -> None:
         from mmctx.datasets.codewords import CodeWordSpec
 
-        kwargs.setdefault("modalities", ["text"])
+        if kwargs.get("modalities") is None:  # the CLI passes None
+            kwargs["modalities"] = ["text"]
         super().__init__(**kwargs)
         _digits_by_default(self)
         self.spec = CodeWordSpec(num_samples, num_codes, filler_words, train_worlds, rounds, seed)
