@@ -9,6 +9,13 @@ from torch import nn
 from mmctx.features import FeatureSequence
 
 
+def require_counts(**settings: int) -> None:
+    """Raise a ValueError naming the first size or count setting under 1."""
+    for name, value in settings.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+
+
 class ModalityEncoder(nn.Module):
     """Base class of every modality encoder.
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from mmctx.features import FeatureSequence
 
-from .base import ModalityEncoder
+from .base import ModalityEncoder, require_counts
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -76,9 +76,7 @@ class ImageCNNEncoder(ModalityEncoder):
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
-        for name, value in (("out_dim", out_dim), ("width", width)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+        require_counts(out_dim=out_dim, width=width)
         self.in_channels = in_channels
         if arch == "small" and weights_path is not None:
             raise ValueError(

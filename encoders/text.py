@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from mmctx.features import FeatureSequence
 from mmctx.tokenizer import PAD_ID, HashTokenizer
 
-from .base import ModalityEncoder
+from .base import ModalityEncoder, require_counts
 
 
 class TextTransformerEncoder(ModalityEncoder):
@@ -86,9 +86,7 @@ class TextTransformerEncoder(ModalityEncoder):
     def _build(
         self, dim: int, depth: int, heads: int, vocab_size: int, max_tokens: int, dropout: float
     ) -> None:
-        for name, value in (("dim", dim), ("depth", depth), ("heads", heads)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+        require_counts(dim=dim, depth=depth, heads=heads)
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         self.tokenizer = HashTokenizer(vocab_size, max_tokens)

@@ -330,8 +330,8 @@ class MMCtxCLI(LightningCLI):
             super().instantiate_classes()
         except (ValueError, TypeError, MisconfigurationException) as err:  # settings refused
             raise ConfigError(f"cannot build the configured run: {_config_cause(err)}") from err
-        accumulate = self.trainer.accumulate_grad_batches
-        if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        accumulate = self.trainer.accumulate_grad_batches  # Lightning divides by it unchecked
+        if accumulate < 1:
             raise ConfigError(f"trainer.accumulate_grad_batches must be >= 1, got {accumulate!r}")
         config = self.config[self.subcommand] if self.subcommand else self.config
         record_model_config(self.model, config.model)

@@ -67,13 +67,13 @@ class _SelfAttention(nn.Module):
 
         The rotation runs once over q and k in the projection's ``(b, n, 2, h, e)`` layout
         (head features contiguous), about 3x faster than rotating the permuted q and k."""
+        if not self.rotary:
+            return self.split(x)
         b, n, _ = x.shape
         proj = self.qkv(x).view(b, n, 3, self.heads, -1)
-        if self.rotary:
-            pos = torch.arange(n, device=x.device)
-            qk = apply_rotary(proj[:, :, :2], pos, dim=1).permute(2, 0, 3, 1, 4)
-            return [*qk.unbind(0), proj[:, :, 2].transpose(1, 2)]
-        return list(proj.permute(2, 0, 3, 1, 4).unbind(0))
+        pos = torch.arange(n, device=x.device)
+        qk = apply_rotary(proj[:, :, :2], pos, dim=1).permute(2, 0, 3, 1, 4)
+        return [*qk.unbind(0), proj[:, :, 2].transpose(1, 2)]
 
     def merge(self, y: Tensor) -> Tensor:
         b, h, n, e = y.shape
